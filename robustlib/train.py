@@ -1,0 +1,208 @@
+"""The training loop: one loop for every objective.
+
+The objective (``robustlib.regularizers``) is a weighted sum of named terms; this loop knows nothing of
+any particular term. SGD with momentum and weight decay (the paper's gamma_K), the learning-rate,
+eps and weight schedules of ``robustlib.schedules``, a checkpoint after every epoch written
+atomically, exact resume, and a hard stop at the first non-finite loss.
+
+Determinism: the model is initialized from ``seed``; every random draw of epoch ``e`` (shuffling,
+augmentation, the random corners rho, attack starts) comes from a generator seeded by
+``(seed, e)``. Resuming therefore needs only the weights, the optimizer state and the epoch, and a
+run killed and resumed ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustlib.data import augment_crop_flip, iterate_batches
+from robustlib.evaluate import accuracy
+from robustlib.io import save_torch
+from robustlib.models import build_model
+from robustlib.regularizers import Ramp, StepContext, build_objective
+from robustlib.schedules import PAPER_LR_KNOTS, EpsRamp, piecewise_linear
+from robustlib.threat import ThreatModel
+
+logger = logging.getLogger(__name__)
+
+AUGMENTATIONS = ("none", "crop_flip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised at the first step whose loss is NaN or infinite; no checkpoint is written from it."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (hashed for resume)."""
+
+    model: str = "smallcnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    spectral_norm: bool = False
+    objective: dict[str, Any] = field(default_factory=lambda: {"ce": 1.0})
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.1
+    lr_knots: list[list[float]] = field(default_factory=lambda: [list(k) for k in PAPER_LR_KNOTS])
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    norm: str = "linf"
+    eps: float = 0.1
+    eps_ramp: dict[str, float] | None = field(default_factory=lambda: asdict(EpsRamp()))
+    gamma_ramp: dict[str, float] | None = field(default_factory=lambda: asdict(Ramp()))
+    augment: str = "none"
+    seed: int = 0
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.lr < 0 or self.weight_decay < 0 or not (0 <= self.momentum < 1):
+            raise ValueError(f"impossible optimizer settings lr={self.lr}, weight_decay={self.weight_decay}, "
+                             f"momentum={self.momentum}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; expected one of {AUGMENTATIONS}")
+        ThreatModel(self.norm, self.eps)  # validates norm and eps
+        EpsRamp(**self.eps_ramp) if self.eps_ramp else None
+        build_objective(self.objective, self.gamma_ramp)  # validates term names and options
+
+    def key(self) -> str:
+        """A hash of the configuration: a resume checkpoint is only used by the same configuration."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, float]]
+    train_seconds: float
+    resumed_from_epoch: int = 0
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator for every random draw of one epoch."""
+    return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+
+
+def init_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """Build the model of ``cfg`` with weights drawn from ``cfg.seed`` (or loaded from ``init_from``)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, spectral_norm=cfg.spectral_norm, **cfg.model_kwargs)
+    if cfg.init_from:
+        path = Path(cfg.init_from)
+        if not path.exists():
+            raise FileNotFoundError(f"init_from checkpoint {path} does not exist: train that run first")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob["arch"] != model.arch:
+            raise ValueError(f"init_from {path}: architecture {blob['arch']} differs from {model.arch}")
+        model.load_state_dict(blob["state_dict"])
+    return model.to(device)
+
+
+def train(cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+          y_val: torch.Tensor, *, device: str | torch.device = "cpu", resume_path: str | Path | None = None,
+          step_hook: Callable[[int, int], None] | None = None, progress: bool = True) -> TrainResult:
+    """Train a model on ``(x_train, y_train)`` (float images in [0, 1]) following ``cfg``.
+
+    After every epoch, the model, optimizer, epoch and history are written atomically to
+    ``resume_path`` (if given); a later call with the same configuration resumes from it.
+    ``step_hook(epoch, step)`` is called before every step (tests use it to interrupt a run).
+    """
+    device = torch.device(device)
+    objective = build_objective(cfg.objective, cfg.gamma_ramp)
+    eps_ramp = EpsRamp(**cfg.eps_ramp) if cfg.eps_ramp else None
+    model = init_model(cfg, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    n = int(y_train.shape[0])
+    steps_per_epoch = -(-n // cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+
+    start_epoch, history, train_seconds = 0, [], 0.0
+    resume_path = Path(resume_path) if resume_path else None
+    if resume_path is not None and resume_path.exists():
+        blob = torch.load(resume_path, map_location=device, weights_only=True)
+        if blob.get("key") == cfg.key():
+            model.load_state_dict(blob["model"])
+            optimizer.load_state_dict(blob["optimizer"])
+            start_epoch, history, train_seconds = int(blob["epoch"]), list(blob["history"]), float(blob["seconds"])
+            logger.info("resuming from %s after epoch %d", resume_path, start_epoch)
+        else:
+            logger.warning("ignoring %s: it belongs to a different configuration", resume_path)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = epoch_generator(cfg.seed, epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        t0 = time.perf_counter()
+        batches = iterate_batches(n, cfg.batch_size, gen)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False)
+        for step, idx in enumerate(bar):
+            if step_hook is not None:
+                step_hook(epoch, step)
+            global_step = epoch * steps_per_epoch + step
+            frac = global_step / total_steps
+            lr = cfg.lr * piecewise_linear(cfg.lr_knots, frac)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            eps = eps_ramp(cfg.eps, frac) if eps_ramp else cfg.eps
+            x = x_train[idx]
+            if cfg.augment == "crop_flip":
+                x = augment_crop_flip(x, gen)
+            x, y = x.to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
+            ctx = StepContext(model, x, y, ThreatModel(cfg.norm, eps), frac, gen)
+            loss, parts = objective(ctx)
+            loss_value = float(loss.detach())
+            if not torch.isfinite(loss.detach()):
+                terms = {k: float(v) for k, v in parts.items()}
+                raise NonFiniteLossError(
+                    f"non-finite loss {loss_value} at epoch {epoch + 1}, step {step + 1} (global step "
+                    f"{global_step + 1}); terms: {terms}. No checkpoint was written from this step."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["loss"] = sums.get("loss", 0.0) + loss_value * len(idx)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            if "clean" in ctx.logits:
+                correct += int((ctx.logits["clean"].detach().argmax(1) == y).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        row = {"epoch": epoch + 1, "lr": lr, "eps": eps, "seconds": seconds}
+        row.update({f"train_{k}": v / seen for k, v in sums.items()})
+        if correct or "clean" in ctx.logits:
+            row["train_acc"] = correct / seen
+        row["val_acc"] = accuracy(model, x_val.to(device), y_val.to(device)) if len(y_val) else float("nan")
+        history.append(row)
+        logger.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, {k: round(v, 4) for k, v in row.items()})
+        if resume_path is not None:
+            save_torch({"key": cfg.key(), "epoch": epoch + 1, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "history": history, "seconds": train_seconds},
+                       resume_path)
+    model.eval()
+    return TrainResult(model, history, train_seconds, start_epoch)
+
+
+def config_from_mapping(spec: Mapping[str, Any]) -> TrainConfig:
+    """Build a ``TrainConfig`` from a mapping, naming unknown keys in the error."""
+    known = set(TrainConfig.__dataclass_fields__)
+    bad = sorted(set(spec) - known)
+    if bad:
+        raise ValueError(f"unknown training settings {bad}; known: {sorted(known)}")
+    return TrainConfig(**dict(spec))
