@@ -92,39 +92,60 @@ def load_split(name: str, train: bool, root: str | os.PathLike | None = None) ->
     return _load_torchvision_cifar(name, train, root)
 
 
+def check_files(name: str, root: str | os.PathLike) -> str:
+    """Check that dataset ``name``'s files are under ``root`` without loading them; return the source
+    that will be used. Raises ``MissingDataError`` naming the missing files and how to get them."""
+    dataset_info(name)
+    root = Path(root)
+    if name in _TV_FOLDERS:
+        folder = _TV_FOLDERS[name]
+        raw = root / folder / "raw"
+        missing = [f"{f}.gz" for f in _MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
+        if missing:
+            raise MissingDataError(
+                f"{name}: missing {', '.join(missing)} in {raw}/. Put torchvision's {folder} archives there "
+                f"(e.g. run torchvision.datasets.{folder}(root={str(root)!r}, download=True) on a machine "
+                f"with network, then copy {raw}), or set ROBUSTLIB_DATA to a folder holding {folder}/raw/."
+            )
+        return f"torchvision:{folder}"
+    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    if (root / folder).is_dir():
+        return f"torchvision:{folder}"
+    if name == "cifar10":
+        packed = root / "cifar10"
+        if sorted(packed.glob("train_*.npz")) and (packed / "test.npz").exists():
+            return "packed-npz:cifar10"
+        raise MissingDataError(
+            f"cifar10: found neither torchvision's {root / folder}/ nor the packed arrays "
+            f"{packed}/train_*.npz and test.npz. Copy the packed arrays there (on this workplace: "
+            f"`mkdir -p {packed} && cp ../shared/data/cifar10/*.npz {packed}/`), or put torchvision's "
+            f"{folder} under {root}/, or set ROBUSTLIB_DATA."
+        )
+    raise MissingDataError(
+        f"{name}: missing {root / folder}/. Put torchvision's extracted {folder} there (e.g. run "
+        f"torchvision.datasets.CIFAR100(root={str(root)!r}, download=True) on a machine with network), "
+        f"or set ROBUSTLIB_DATA."
+    )
+
+
 def _load_mnist_like(name: str, train: bool, root: Path) -> ImageData:
     import torchvision
 
+    source = check_files(name, root)
     folder = _TV_FOLDERS[name]
-    raw = root / folder / "raw"
-    extracted = all((raw / f).exists() for f in _MNIST_FILES)
-    archives = all((raw / f"{f}.gz").exists() for f in _MNIST_FILES)
-    if not (extracted or archives):
-        missing = [f"{f}.gz" for f in _MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
-        raise MissingDataError(
-            f"{name}: missing {', '.join(missing)} in {raw}/. Put torchvision's {folder} archives there "
-            f"(e.g. run torchvision.datasets.{folder}(root={str(root)!r}, download=True) on a machine "
-            f"with network, then copy {raw}), or set ROBUSTLIB_DATA to a folder holding {folder}/raw/."
-        )
+    extracted = all((root / folder / "raw" / f).exists() for f in _MNIST_FILES)
     cls = getattr(torchvision.datasets, folder)
     # With the archives present, download=True only verifies their MD5s and extracts them.
     ds = cls(str(root), train=train, download=not extracted)
-    x = ds.data.unsqueeze(1).contiguous()
-    return ImageData(x, ds.targets.long(), source=f"torchvision:{folder}")
+    return ImageData(ds.data.unsqueeze(1).contiguous(), ds.targets.long(), source=source)
 
 
 def _load_cifar10(train: bool, root: Path) -> ImageData:
-    if (root / "cifar-10-batches-py").is_dir():
+    source = check_files("cifar10", root)
+    if source.startswith("torchvision"):
         return _load_torchvision_cifar("cifar10", train, root)
     packed = root / "cifar10"
     files = sorted(packed.glob("train_*.npz")) if train else [packed / "test.npz"]
-    if not files or not all(f.exists() for f in files):
-        raise MissingDataError(
-            f"cifar10: found neither torchvision's {root / 'cifar-10-batches-py'}/ nor the packed arrays "
-            f"{packed}/{'train_*.npz' if train else 'test.npz'}. Copy the packed arrays there "
-            f"(on this workplace: `mkdir -p {packed} && cp ../shared/data/cifar10/*.npz {packed}/`), or "
-            f"put torchvision's cifar-10-batches-py under {root}/, or set ROBUSTLIB_DATA."
-        )
     xs, ys = [], []
     for f in files:
         with np.load(f, allow_pickle=False) as arr:
@@ -132,23 +153,17 @@ def _load_cifar10(train: bool, root: Path) -> ImageData:
             ys.append(arr["y"])
     x = torch.from_numpy(np.concatenate(xs)).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(np.concatenate(ys).astype(np.int64))
-    return ImageData(x, y, source="packed-npz:cifar10")
+    return ImageData(x, y, source=source)
 
 
 def _load_torchvision_cifar(name: str, train: bool, root: Path) -> ImageData:
     import torchvision
 
-    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-    if not (root / folder).is_dir():
-        raise MissingDataError(
-            f"{name}: missing {root / folder}/. Put torchvision's extracted {folder} there (e.g. run "
-            f"torchvision.datasets.{name.upper()}(root={str(root)!r}, download=True) on a machine with "
-            f"network), or set ROBUSTLIB_DATA."
-        )
+    source = check_files(name, root)
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     ds = cls(str(root), train=train, download=False)
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    return ImageData(x, torch.as_tensor(ds.targets, dtype=torch.long), source=f"torchvision:{folder}")
+    return ImageData(x, torch.as_tensor(ds.targets, dtype=torch.long), source=source)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,5 +3,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-python -m robustlib.profiles check
+python -m robustlib.params check
 dvc repro "$@"

@@ -1,0 +1,44 @@
+"""Where every stage writes, relative to an output root (the project root under DVC; a scratch
+folder such as ``runs/explore`` when a notebook is run by hand). dvc.yaml declares the same paths;
+``tests/test_pipeline_layout.py`` checks that the two agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run_dir(root: Path, run: str) -> Path:
+    return Path(root) / "runs" / run
+
+
+def model_path(root: Path, run: str) -> Path:
+    return run_dir(root, run) / "model.pt"
+
+
+def split_path(root: Path, run: str) -> Path:
+    return run_dir(root, run) / "split.json"
+
+
+def resume_path(root: Path, run: str) -> Path:
+    """The per-epoch checkpoint used to resume an interrupted run; deleted when the run completes."""
+    return run_dir(root, run) / "resume.pt"
+
+
+def train_metrics_path(root: Path, run: str) -> Path:
+    return Path(root) / "reports" / "metrics" / "train" / f"{run}.json"
+
+
+def train_curve_path(root: Path, run: str) -> Path:
+    return Path(root) / "reports" / "curves" / "train" / f"{run}.csv"
+
+
+def dvclive_dir(root: Path, run: str) -> Path:
+    return Path(root) / "reports" / "dvclive" / "train" / run
+
+
+def tables_dir(root: Path) -> Path:
+    return Path(root) / "reports" / "tables"
+
+
+def figures_dir(root: Path) -> Path:
+    return Path(root) / "reports" / "figures"

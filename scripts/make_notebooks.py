@@ -1,0 +1,63 @@
+"""Write the source notebooks under notebooks/ (no outputs, one cell tagged `parameters`).
+
+The notebooks are committed; this script documents how they were made and rewrites them
+identically. Run: python scripts/make_notebooks.py
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+SETUP = "import logging\n\nlogging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')"
+EXPLORE = (
+    "# Parameters: DVC passes these from params.yaml with papermill -p. The defaults below run the\n"
+    "# smoke profile into a scratch folder, so the notebook also runs as it is in JupyterLab.\n"
+)
+
+NOTEBOOKS = {
+    "10_train.ipynb": [
+        new_markdown_cell("# Train one named run\n\nTrains the run named `run` in the params file "
+                          "(`runs.<run>` over the `train` defaults) and writes its checkpoint, data split, "
+                          "metrics and learning curve under `output_root` (see `robustlib.paths`). An "
+                          "interrupted run resumes from its last completed epoch."),
+        new_code_cell(EXPLORE + 'run: str = "hamming_stability"  # a key of runs in the params file\n'
+                      'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import train as stage"),
+        new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.Series(metrics, name=run).to_frame()"),
+        new_code_cell("from pathlib import Path\n\nfrom robustlib import paths\nfrom robustlib.params import project_root\n"
+                      "from robustlib.reports import learning_curves_figure\n\n"
+                      "out = project_root() / output_root\n"
+                      "curve = pd.read_csv(paths.train_curve_path(out, run))\n"
+                      "learning_curves_figure({run: curve}, ['train_loss', 'val_acc']);"),
+    ],
+    "90_report.ipynb": [
+        new_markdown_cell("# Report\n\nCollects the outputs of every stage into the tables and figures under "
+                          "`reports/` and writes `reports/report.md`."),
+        new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nfrom IPython.display import Image, Markdown, display\n\n"
+                      "from robustlib.stages import report as stage"),
+        new_code_cell("result = stage.run(params_file, output_root)\nresult['table']"),
+        new_code_cell("display(Image(filename=str(result['figure'])))\ndisplay(Markdown(result['report'].read_text()))"),
+    ],
+}
+
+
+def main() -> None:
+    folder = Path(__file__).resolve().parent.parent / "notebooks"
+    folder.mkdir(exist_ok=True)
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook(cells=cells, metadata={
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        })
+        for i, cell in enumerate(nb.cells):
+            cell["id"] = f"{Path(name).stem}-{i}"
+        nbformat.write(nb, folder / name)
+        print("wrote", folder / name)
+
+
+if __name__ == "__main__":
+    main()
