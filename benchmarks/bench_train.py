@@ -1,0 +1,126 @@
+"""Seconds per training step: plain cross-entropy, the "floor" (one cross-entropy forward+backward
+over a batch three times as large) and hamming+stability, on SmallCNN and CWCNN (MNIST shapes,
+batch 128, 2 threads). Issue target: hamming+stability <= 1.15x the floor on both models.
+
+Run:  python benchmarks/bench_train.py            (writes benchmarks/results/train_step.{json,md})
+      python benchmarks/bench_train.py --quick    (fewer steps, for a smoke check)
+
+Each configuration is timed in several interleaved rounds (so slow drift of the machine hits all
+of them alike) and the median step time is reported. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustlib.models import build_model
+from robustlib.regularizers import StepContext, build_objective
+from robustlib.threat import ThreatModel
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MNIST = {"in_channels": 1, "image_size": 28, "num_classes": 10, "mean": (0.1307,), "std": (0.3081,)}
+PAPER_HS = {"ce": 1.0, "hamming": {"weight": 2400.0, "alpha": 8.0}, "stability": {"weight": 0.8}}
+CONFIGS: dict[str, tuple[dict[str, Any], int]] = {
+    # name: (objective, batch multiplier)
+    "plain": ({"ce": 1.0}, 1),
+    "floor_3x_batch": ({"ce": 1.0}, 3),
+    "hamming_stability": (PAPER_HS, 1),
+}
+
+
+class StepTimer:
+    """Times training steps of one objective on one model with fixed random data."""
+
+    def __init__(self, model_name: str, objective: Mapping[str, Any], batch: int, eps: float = 0.3,
+                 seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.model = build_model(model_name, **MNIST).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+        # lr=0: every step does the full work of a real step on the same weights, so timings do
+        # not drift with the weights (diverging weights could slow steps down through denormals).
+        self.objective = build_objective(objective, ramp=None)
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(batch, 1, 28, 28, generator=g)
+        self.y = torch.randint(0, 10, (batch,), generator=g)
+        self.threat = ThreatModel("linf", eps)
+        self.gen = torch.Generator().manual_seed(seed + 1)
+
+    def step(self) -> None:
+        ctx = StepContext(self.model, self.x, self.y, self.threat, 0.5, self.gen)
+        loss, _ = self.objective(ctx)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def time(self, steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return (time.perf_counter() - t0) / steps
+
+
+def run(models: list[str], batch: int, steps: int, rounds: int, warmup: int, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    results: dict[str, Any] = {}
+    for model in models:
+        timers = {name: StepTimer(model, obj, batch * mult) for name, (obj, mult) in CONFIGS.items()}
+        for t in timers.values():
+            t.time(warmup)
+        samples: dict[str, list[float]] = {name: [] for name in timers}
+        for _ in range(rounds):
+            for name, t in timers.items():
+                samples[name].append(t.time(steps))
+        sec = {name: statistics.median(s) for name, s in samples.items()}
+        results[model] = {
+            "seconds_per_step": sec,
+            "floor_over_plain": sec["floor_3x_batch"] / sec["plain"],
+            "hamming_stability_over_plain": sec["hamming_stability"] / sec["plain"],
+            "hamming_stability_over_floor": sec["hamming_stability"] / sec["floor_3x_batch"],
+        }
+        print(f"{model}: " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in sec.items())
+              + f" | h+s / floor = {results[model]['hamming_stability_over_floor']:.3f}")
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["smallcnn", "cwcnn"])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 3 steps")
+    ap.add_argument("--out", type=Path, default=RESULTS / "train_step")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.rounds, args.warmup = 3, 2, 1
+    results = run(args.models, args.batch, args.steps, args.rounds, args.warmup, args.threads)
+    meta = {"torch": torch.__version__, "threads": args.threads, "batch": args.batch, "steps": args.steps,
+            "rounds": args.rounds, "machine": platform.machine(), "processor": platform.processor(),
+            "target": "hamming_stability_over_floor <= 1.15", "date": time.strftime("%Y-%m-%d %H:%M")}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    lines = ["| model | plain ms | floor (3x batch) ms | hamming+stability ms | floor/plain | h+s/plain | h+s/floor |",
+             "|---|---|---|---|---|---|---|"]
+    for m, r in results.items():
+        s = r["seconds_per_step"]
+        lines.append(f"| {m} | {1e3 * s['plain']:.1f} | {1e3 * s['floor_3x_batch']:.1f} | "
+                     f"{1e3 * s['hamming_stability']:.1f} | {r['floor_over_plain']:.2f} | "
+                     f"{r['hamming_stability_over_plain']:.2f} | {r['hamming_stability_over_floor']:.3f} |")
+    args.out.with_suffix(".md").write_text(f"# Training step cost ({meta['date']}, {args.threads} threads)\n\n"
+                                           + "\n".join(lines) + "\n\nTarget: h+s/floor <= 1.15.\n")
+    print("wrote", args.out.with_suffix(".json"), "and", args.out.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""dvc.yaml, robustlib.paths and the notebooks agree with each other and with the conventions."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from robustlib import paths
+
+
+def _dvc(root):
+    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+
+def _outs(stage):
+    out = []
+    for key in ("outs", "metrics", "plots"):
+        for o in stage.get(key, []):
+            out.append(next(iter(o)) if isinstance(o, dict) else o)
+    return out
+
+
+def test_train_stage_outputs_are_the_library_paths(root):
+    outs = {o.replace("${key}", "RUN") for o in _outs(_dvc(root)["train"]["do"])}
+    from pathlib import Path
+
+    r = Path(".")
+    expected = {paths.model_path(r, "RUN"), paths.split_path(r, "RUN"), paths.train_metrics_path(r, "RUN"),
+                paths.train_curve_path(r, "RUN"), paths.dvclive_dir(r, "RUN")}
+    assert {str(e) for e in expected} <= outs
+    assert str(paths.resume_path(r, "RUN")) not in outs  # deleted once the run completes
+
+
+def test_every_p_value_comes_from_params_or_the_stage(root):
+    for name, stage in _dvc(root).items():
+        body = stage.get("do", stage)
+        for value in re.findall(r"-p \w+ (\S+)", body["cmd"]):
+            assert value.startswith("${") or value in {"params.yaml", "."}, (name, value)
+
+
+@pytest.mark.parametrize("nb", ["10_train.ipynb", "90_report.ipynb"])
+def test_source_notebooks_are_thin_and_clean(root, nb):
+    cells = json.loads((root / "notebooks" / nb).read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert not any(c.get("outputs") or c.get("execution_count") for c in code)
+    assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in cells) == 1
+    assert not any(re.search(r"^\s*(def|class) ", "".join(c["source"]), re.M) for c in code)

@@ -1,0 +1,156 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from robustlib.regularizers import Ramp
+from robustlib.schedules import PAPER_LR_KNOTS, EpsRamp, piecewise_linear
+from robustlib.train import NonFiniteLossError, TrainConfig, config_from_mapping, train
+
+KW = dict(in_channels=1, image_size=8, num_classes=3, mean=(0.5,), std=(0.25,))
+
+
+def _data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    y = (x.mean((1, 2, 3)) * 3 * 0.999).long().clamp(max=2)  # learnable labels
+    return x, y
+
+
+def _cfg(**over):
+    base = dict(model="mlp", model_kwargs=dict(KW, hidden=[16, 16]), epochs=3, batch_size=16, lr=0.1,
+                eps=0.1, objective={"ce": 1.0, "hamming": {"weight": 5.0}, "stability": {"weight": 1.0}})
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def _weights(model):
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values()])
+
+
+def test_paper_schedules_as_fractions():
+    # LR: 0 -> 1 over 40%, -> 0.05 over the next 40%, -> 0 over the last 20% (x peak 0.1 = 0.005)
+    assert piecewise_linear(PAPER_LR_KNOTS, 0.0) == 0.0
+    assert piecewise_linear(PAPER_LR_KNOTS, 0.2) == pytest.approx(0.5)
+    assert piecewise_linear(PAPER_LR_KNOTS, 0.4) == pytest.approx(1.0)
+    assert piecewise_linear(PAPER_LR_KNOTS, 0.8) == pytest.approx(0.05)
+    assert piecewise_linear(PAPER_LR_KNOTS, 0.9) == pytest.approx(0.025)
+    assert piecewise_linear(PAPER_LR_KNOTS, 1.0) == 0.0
+    # eps 2/255 -> 8/255 over epochs 10-35 of 100
+    ramp = EpsRamp()
+    assert ramp(8 / 255, 0.05) == pytest.approx(2 / 255)
+    assert ramp(8 / 255, 0.225) == pytest.approx(5 / 255)
+    assert ramp(8 / 255, 0.5) == pytest.approx(8 / 255)
+    # gamma: 1x until epoch 20, 10x from epoch 80, linear between
+    g = Ramp()
+    assert (g(0.1), g(0.5), g(0.9)) == (1.0, pytest.approx(5.5), 10.0)
+    with pytest.raises(ValueError):
+        Ramp(start=0.8, end=0.2)
+
+
+def test_bad_config_is_rejected_before_compute():
+    with pytest.raises(ValueError, match="unknown objective term"):
+        _cfg(objective={"ce": 1.0, "hamming_distance": 1.0})
+    with pytest.raises(ValueError, match="eps"):
+        _cfg(eps=-1)
+    with pytest.raises(ValueError, match="unknown training settings"):
+        config_from_mapping({"epochs": 1, "learning_rate": 0.1})
+    with pytest.raises(ValueError, match="augment"):
+        _cfg(augment="mixup")
+
+
+def test_training_learns_and_is_repeatable():
+    x, y = _data()
+    a = train(_cfg(objective={"ce": 1.0}, epochs=4), x, y, x[:32], y[:32], progress=False)
+    b = train(_cfg(objective={"ce": 1.0}, epochs=4), x, y, x[:32], y[:32], progress=False)
+    assert torch.equal(_weights(a.model), _weights(b.model))
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
+    assert [h["epoch"] for h in a.history] == [1, 2, 3, 4]
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    x, y = _data()
+    full = train(_cfg(), x, y, x[:16], y[:16], progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_2(epoch, step):
+        if epoch == 1 and step == 3:
+            raise Killed
+
+    ckpt = tmp_path / "resume.pt"
+    with pytest.raises(Killed):
+        train(_cfg(), x, y, x[:16], y[:16], resume_path=ckpt, step_hook=kill_in_epoch_2, progress=False)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    resumed = train(_cfg(), x, y, x[:16], y[:16], resume_path=ckpt, progress=False)
+    assert resumed.resumed_from_epoch == 1
+    assert torch.equal(_weights(resumed.model), _weights(full.model))
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+
+
+def test_resume_checkpoint_of_another_configuration_is_ignored(tmp_path):
+    x, y = _data()
+    ckpt = tmp_path / "resume.pt"
+    train(_cfg(epochs=1), x, y, x[:16], y[:16], resume_path=ckpt, progress=False)
+    other = train(_cfg(epochs=2, lr=0.05), x, y, x[:16], y[:16], resume_path=ckpt, progress=False)
+    assert other.resumed_from_epoch == 0
+
+
+def test_process_killed_by_sigkill_resumes_exactly(tmp_path):
+    """A real kill: a child process trains with a per-epoch checkpoint and is SIGKILLed mid-run."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(f"""
+        import time, torch, sys
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        from test_train import _cfg, _data
+        from robustlib.train import train
+        torch.set_num_threads(1)
+        x, y = _data()
+        def slow(epoch, step):
+            if epoch >= 1:
+                time.sleep(0.05)
+        train(_cfg(epochs=4), x, y, x[:16], y[:16], resume_path={str(tmp_path / 'r.pt')!r}, step_hook=slow,
+              progress=False)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.time() + 60
+    while not (tmp_path / "r.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "r.pt").exists()
+    done = torch.load(tmp_path / "r.pt", weights_only=True)["epoch"]
+    assert 1 <= done < 4
+    x, y = _data()
+    resumed = train(_cfg(epochs=4), x, y, x[:16], y[:16], resume_path=tmp_path / "r.pt", progress=False)
+    full = train(_cfg(epochs=4), x, y, x[:16], y[:16], progress=False)
+    assert resumed.resumed_from_epoch == done
+    assert torch.equal(_weights(resumed.model), _weights(full.model))
+
+
+def test_non_finite_loss_stops_at_the_step_and_writes_no_checkpoint(tmp_path):
+    x, y = _data()
+    x_bad = x.clone()
+    ckpt = tmp_path / "resume.pt"
+    # one NaN pixel in the second epoch's batches: the loss of that step is NaN
+    x_bad[5, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+") as err:
+        train(_cfg(objective={"ce": 1.0}), x_bad, y, x[:16], y[:16], resume_path=ckpt, progress=False)
+    assert "No checkpoint was written" in str(err.value)
+    assert not ckpt.exists()
+
+
+def test_eps_and_lr_schedules_reach_the_loop():
+    x, y = _data()
+    res = train(_cfg(objective={"ce": 1.0}, epochs=4, eps_ramp={"start": 0.0, "end": 0.5, "initial": 0.0}),
+                x, y, x[:16], y[:16], progress=False)
+    eps = [h["eps"] for h in res.history]
+    assert eps[0] < eps[1] <= 0.1 and eps[-1] == pytest.approx(0.1)
+    assert res.history[-1]["lr"] < res.history[1]["lr"]  # decays in the last part
