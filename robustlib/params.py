@@ -2,8 +2,8 @@
 
 ``params.yaml`` is the active parameter set that DVC tracks. Profiles live in ``profiles/``:
 ``default.yaml`` is complete; every other profile names the profile it ``extends`` and overrides
-keys (nested mappings are merged, everything else replaced; a ``runs`` mapping replaces the parent's
-runs wholesale so a profile says exactly which runs it trains). Switch profile with one command::
+keys (nested mappings are merged, everything else replaced; ``runs`` and ``finetunes`` replace the
+parent's wholesale so a profile says exactly which runs it trains). Switch profile with one command::
 
     python -m robustlib.params use smoke      # writes params.yaml from profiles/smoke.yaml
 
@@ -37,9 +37,17 @@ SCHEMA: dict[str, set[str]] = {
     "base": {"profile", "seed", "device", "data_root", "threads"},
     "data": {"dataset", "path", "n_train", "n_val", "n_test"},
     "train": set(),  # filled lazily with TrainConfig's fields (defaults shared by every run)
-    "runs": set(),
+    "runs": set(),  # named runs trained from scratch
+    "finetunes": set(),  # named runs starting from another run's checkpoint (init_from: <run name>)
+    "run_names": set(),  # every run name (runs, then finetunes): written by `use`, checked here
+    "attack": {"n_test", "batch_size", "linf_eps", "l2_eps", "pgd_steps", "pgd_restarts", "autoattack_version",
+               "transfer_from", "perceptual", "curve_n", "curve_linf_eps", "curve_l2_eps", "sanity"},
+    "verify": {"n_test", "eps", "milp_runs", "time_limit", "processes", "pgd_steps", "pgd_restarts", "bounds"},
+    "ablations": {"table_runs", "sweep_runs"},
+    "laplacian": {"sparse_run", "dense_run", "fraction"},
     "report": {"curve_metrics"},
 }
+REQUIRED = ("base", "data", "train", "runs", "run_names", "attack", "verify", "ablations", "laplacian")
 
 
 class ParamsError(ValueError):
@@ -58,7 +66,7 @@ def project_root(start: str | Path | None = None) -> Path:
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(base))
     for k, v in over.items():
-        if k != "runs" and isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+        if k not in ("runs", "finetunes") and isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -70,12 +78,23 @@ def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"params file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    params = _resolve(path, yaml.safe_load(path.read_text()) or {})
+    params.setdefault("run_names", all_runs(params))  # profiles leave it implicit; params.yaml spells it out
+    validate(params)
+    return params
+
+
+def _resolve(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """Apply an ``extends`` chain (a profile's parent profiles)."""
     parent = raw.pop("extends", None)
-    if parent is not None:
-        raw = _merge(load(path.parent / f"{parent}.yaml"), raw)
-    validate(raw)
-    return raw
+    if parent is None:
+        return raw
+    base_path = path.parent / f"{parent}.yaml"
+    if not base_path.exists():
+        raise ParamsError(f"{path.name}: extends unknown profile {parent!r}")
+    base = _resolve(base_path, yaml.safe_load(base_path.read_text()) or {})
+    base.pop("run_names", None)
+    return _merge(base, raw)
 
 
 def _train_keys() -> set[str]:
@@ -92,23 +111,46 @@ def validate(params: Mapping[str, Any]) -> None:
     for section, body in params.items():
         if section not in SCHEMA:
             raise ParamsError(f"params section {section!r} is read by no stage; known: {sorted(SCHEMA)}")
-        if not isinstance(body, Mapping):
-            raise ParamsError(f"params section {section!r} must be a mapping")
+        if not isinstance(body, list if section == "run_names" else Mapping):
+            raise ParamsError(f"params section {section!r} must be a {'list' if section == 'run_names' else 'mapping'}")
         allowed = train_keys if section == "train" else SCHEMA[section]
-        if section != "runs":
+        if section not in ("runs", "finetunes", "run_names"):
             bad = sorted(set(body) - allowed)
             if bad:
                 raise ParamsError(f"params key(s) {[f'{section}.{b}' for b in bad]} read by no stage; "
                                   f"known {section} keys: {sorted(allowed)}")
-    for section in ("base", "data", "train", "runs"):
+    for section in REQUIRED:
         if section not in params:
             raise ParamsError(f"params lack the {section!r} section")
     if params["data"].get("dataset") not in DATASETS:
         raise ParamsError(f"data.dataset must be one of {list(DATASETS)}, got {params['data'].get('dataset')!r}")
     if not params["runs"]:
         raise ParamsError("params define no runs")
-    for run in params["runs"]:
+    overlap = set(params["runs"]) & set(params.get("finetunes") or {})
+    if overlap:
+        raise ParamsError(f"run names {sorted(overlap)} are defined both in runs and in finetunes")
+    if list(params["run_names"]) != all_runs(params):
+        raise ParamsError(f"run_names must list every run (runs, then finetunes): {all_runs(params)}; "
+                          f"got {params['run_names']}. `python -m robustlib.params use <profile>` writes it.")
+    for name, spec in (params.get("finetunes") or {}).items():
+        parent = (spec or {}).get("init_from")
+        if parent not in params["runs"]:
+            raise ParamsError(f"finetunes.{name}.init_from must name a run in runs, got {parent!r}")
+    for run in all_runs(params):
         run_config(params, run)
+    for key in ("transfer_from",):
+        if params["attack"].get(key) not in (None, *all_runs(params)):
+            raise ParamsError(f"attack.{key}: unknown run {params['attack'][key]!r}")
+    named = [*params["verify"]["milp_runs"], *params["ablations"]["table_runs"], *params["ablations"]["sweep_runs"],
+             params["laplacian"]["sparse_run"], params["laplacian"]["dense_run"]]
+    unknown = sorted(set(named) - set(all_runs(params)))
+    if unknown:
+        raise ParamsError(f"verify/ablations/laplacian name unknown runs {unknown}; runs: {all_runs(params)}")
+
+
+def all_runs(params: Mapping[str, Any]) -> list[str]:
+    """Every run name: the ``runs`` trained from scratch, then the ``finetunes``."""
+    return [*params.get("runs", {}), *(params.get("finetunes") or {})]
 
 
 def run_config(params: Mapping[str, Any], run: str):
@@ -117,7 +159,7 @@ def run_config(params: Mapping[str, Any], run: str):
     from robustlib.data import dataset_info
     from robustlib.train import TrainConfig
 
-    runs = params.get("runs", {})
+    runs = {**params.get("runs", {}), **(params.get("finetunes") or {})}
     if run not in runs:
         raise ParamsError(f"unknown run {run!r}; runs defined in params: {sorted(runs)}")
     spec = _merge(params.get("train", {}), runs[run] or {})
@@ -143,8 +185,11 @@ def use_profile(name: str, root: str | Path | None = None) -> Path:
     if not src.exists():
         known = sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
         raise ParamsError(f"unknown profile {name!r}; available: {known}")
-    params = load(src)
+    raw = yaml.safe_load(src.read_text()) or {}
+    params = _resolve(src, raw)
     params["base"]["profile"] = name
+    params["run_names"] = all_runs(params)
+    validate(params)
     out = root / "params.yaml"
     out.write_text(GENERATED_HEADER.format(name=name) + yaml.safe_dump(params, sort_keys=False))
     return out

@@ -42,3 +42,25 @@ def tables_dir(root: Path) -> Path:
 
 def figures_dir(root: Path) -> Path:
     return Path(root) / "reports" / "figures"
+
+
+def attack_results_path(root: Path, run: str) -> Path:
+    """Per-example attack results (index, clean_correct, robust_<attack>..., worst cases)."""
+    return Path(root) / "reports" / "attack" / f"{run}.csv"
+
+
+def attack_curve_path(root: Path, run: str) -> Path:
+    return Path(root) / "reports" / "curves" / "attack" / f"{run}.csv"
+
+
+def attack_metrics_path(root: Path, run: str) -> Path:
+    return Path(root) / "reports" / "metrics" / "attack" / f"{run}.json"
+
+
+def verify_results_path(root: Path, run: str) -> Path:
+    """Per-example verification results (index, eps, verdict, seconds, unstable, method, ...)."""
+    return Path(root) / "reports" / "verify" / f"{run}.csv"
+
+
+def verify_metrics_path(root: Path, run: str) -> Path:
+    return Path(root) / "reports" / "metrics" / "verify" / f"{run}.json"

@@ -61,3 +61,113 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120, metadata={"Software": None}))
     plt.close(fig)
     return path
+
+
+def sweep_figure(sweep: pd.DataFrame) -> Figure:
+    """Regularization-strength sweep: clean vs robust accuracy (one point per (gamma_H, gamma_S)),
+    and training minutes per setting."""
+    robust = "aa_linf_%" if "aa_linf_%" in sweep else "worst_linf_%"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    sns.scatterplot(data=sweep, x="clean_%", y=robust, hue="gamma_H", size="gamma_S", palette="viridis",
+                    sizes=(40, 160), ax=ax1)
+    for _, r in sweep.iterrows():
+        ax1.annotate(f"H{r['gamma_H']:g}/S{r['gamma_S']:g}", (r["clean_%"], r[robust]), fontsize=7,
+                     xytext=(3, 3), textcoords="offset points")
+    ax1.set_xlabel("clean accuracy (%)")
+    ax1.set_ylabel(f"robust accuracy (%), {robust.removesuffix('_%')}")
+    labels = [f"H{h:g}/S{s:g}" for h, s in zip(sweep["gamma_H"], sweep["gamma_S"], strict=True)]
+    ax2.bar(labels, sweep["train_minutes"], color="tab:gray")
+    ax2.set_ylabel("training minutes")
+    ax2.tick_params(axis="x", rotation=45)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def neighbour_histogram(distances, stats) -> Figure:
+    """Histogram of nearest-other-training-point L2 distances, with twice the ball's L2 radius marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(distances.double().numpy(), bins=60, color="tab:blue", alpha=0.8)
+    two_r = 2 * stats.ball_radius_l2
+    ax.axvline(two_r, color="tab:red", ls="--", label=f"2 x ball radius = {two_r:.2f} "
+               f"({100 * stats.fraction_closer_than_2r:.1f}% closer)")
+    ax.axvline(stats.median, color="k", ls=":", label=f"median {stats.median:.2f}")
+    ax.set_xlabel("L2 distance to the nearest other training point")
+    ax.set_ylabel("sampled training points")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def robustness_curves_figure(curves: Mapping[str, pd.DataFrame]) -> Figure:
+    """Robust accuracy vs eps (paper Figure 2): one panel per norm, one line per run (PGD), AutoAttack
+    points overlaid as crosses."""
+    tidy = pd.concat([df.assign(run=run) for run, df in curves.items()], ignore_index=True)
+    norms = [n for n in ("linf", "l2") if n in set(tidy["norm"])]
+    fig, axes = plt.subplots(1, len(norms), figsize=(5.5 * len(norms), 3.8), squeeze=False)
+    palette = dict(zip(sorted(curves), sns.color_palette("tab20", len(curves)), strict=True))
+    for ax, norm in zip(axes[0], norms, strict=True):
+        d = tidy[tidy["norm"] == norm]
+        sns.lineplot(data=d[d["attack"] == "pgd"], x="eps", y="robust_acc", hue="run", palette=palette, marker="o",
+                     ax=ax, legend=ax is axes[0][-1])
+        aa = d[d["attack"] == "autoattack"]
+        ax.scatter(aa["eps"], aa["robust_acc"], c=[palette[r] for r in aa["run"]], marker="x", s=70, zorder=5,
+                   label="AutoAttack")
+        ax.set_title(f"{'L-inf' if norm == 'linf' else 'L2'}: PGD (lines), AutoAttack (x)")
+        ax.set_ylabel("robust accuracy")
+        ax.grid(alpha=0.3)
+    if axes[0][-1].get_legend():
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title="run")
+    fig.tight_layout()
+    return fig
+
+
+def verification_figure(per_example: Mapping[str, pd.DataFrame]) -> Figure:
+    """Verification time and unstable-ReLU counts per run (one box per run and eps)."""
+    tidy = pd.concat([df.assign(run=run) for run, df in per_example.items() if len(df)], ignore_index=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    sns.boxplot(data=tidy, x="run", y="seconds", hue="eps", ax=ax1)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("seconds per example")
+    sns.boxplot(data=tidy, x="run", y="unstable", hue="eps", ax=ax2)
+    ax2.set_ylabel("unstable ReLUs per example")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.DataFrame:
+    """Paper Table 1 analog: clean / L-inf AA / L2 AA / spatial / recolor / JPEG / NPTM (%) / training
+    minutes per run; an attack that does not apply to the dataset shows ``n/a``."""
+    minutes = {m["run"]: m["train_minutes"] for m in train}
+    rows = []
+    for m in attack:
+        row = {"run": m["run"], "clean": 100 * m["clean_acc"], "linf_AA": 100 * m["aa_linf_acc"],
+               "linf_worst": 100 * m["worst_linf_acc"], "l2_AA": 100 * m["aa_l2_acc"]}
+        for col, key in (("spatial", "stadv"), ("recolor", "recoloradv"), ("JPEG", "jpeg"), ("NPTM", "lpa")):
+            row[col] = "n/a" if key in m.get("not_applicable", {}) else (
+                round(100 * m[f"{key}_acc"], 2) if f"{key}_acc" in m else "-")
+        row["train_minutes"] = minutes.get(m["run"])
+        rows.append(row)
+    return pd.DataFrame(rows).round(2).sort_values("run").reset_index(drop=True)
+
+
+def verification_table(verify: Sequence[Mapping], attack: Mapping[str, Mapping]) -> pd.DataFrame:
+    """Paper Table 2 analog: per MILP-verified run and eps, verified / PGD / AutoAttack / clean accuracy
+    (%), median and p90 seconds per example, timeouts and unstable ReLUs."""
+    rows = []
+    for m in verify:
+        for eps, e in m["eps"].items():
+            if "verified" not in e:
+                continue
+            a = attack.get(m["run"], {})
+            same_eps = a and abs(float(eps) - a["linf_eps"]) < 1e-12
+            rows.append({"run": m["run"], "eps": float(eps), "verified": 100 * e["verified_fraction"],
+                         "ibp_certified": 100 * e["ibp_certified_acc"], "pgd": 100 * e["pgd_acc"],
+                         "autoattack": 100 * a["aa_linf_acc"] if same_eps else None, "clean": 100 * m["clean_acc"],
+                         "unknown": e["unknown"], "timeouts": e["timeouts"], "median_s": e["median_seconds"],
+                         "p90_s": e["p90_seconds"], "unstable_median": e["unstable_median"]})
+    return pd.DataFrame(rows).round(3)

@@ -15,6 +15,13 @@ import torch
 NORMS = ("linf", "l2")
 
 
+def _draw(fn, shape, generator: torch.Generator | None, like: torch.Tensor, **kw) -> torch.Tensor:
+    """Draw with ``fn`` on the generator's device (CPU generators are the norm, also for CUDA models,
+    so that draws do not depend on the device), then move to ``like``'s device and dtype."""
+    device = generator.device if generator is not None else like.device
+    return fn(shape, generator=generator, device=device, **kw).to(device=like.device, dtype=like.dtype)
+
+
 @dataclass(frozen=True)
 class ThreatModel:
     """An ``norm`` ball of radius ``eps`` intersected with [0, 1].
@@ -58,13 +65,12 @@ class ThreatModel:
     def random_start(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A uniformly random point of the ball around ``x`` (clipped to [0, 1])."""
         if self.norm == "linf":
-            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            delta = (2 * u - 1) * self.eps
+            delta = (2 * _draw(torch.rand, x.shape, generator, x) - 1) * self.eps
         else:
-            g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            g = _draw(torch.randn, x.shape, generator, x)
             g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
             d = x[0].numel()
-            r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+            r = _draw(torch.rand, (x.shape[0],), generator, x) ** (1.0 / d)
             delta = g * (self.eps * r).view(-1, *([1] * (x.dim() - 1)))
         return (x + delta).clamp(0.0, 1.0)
 
@@ -74,7 +80,7 @@ class ThreatModel:
         This is the perturbation of the stability regularizer (Jin & Rinard, eq. 16). Returns
         ``rho`` itself, not ``x + rho``.
         """
-        signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+        signs = _draw(lambda shape, **kw: torch.randint(0, 2, shape, **kw), x.shape, generator, x) * 2 - 1
         return signs * self.eps
 
     def steepest_ascent(self, grad: torch.Tensor) -> torch.Tensor:

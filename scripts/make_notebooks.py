@@ -32,15 +32,60 @@ NOTEBOOKS = {
                       "curve = pd.read_csv(paths.train_curve_path(out, run))\n"
                       "learning_curves_figure({run: curve}, ['train_loss', 'val_acc']);"),
     ],
+    "20_attack.ipynb": [
+        new_markdown_cell("# Attack one named run\n\nFGSM, PGD (L-inf, L2), AutoAttack (with its checks), a transfer "
+                          "attack and the perceptual attacks on the run's test examples; per-example worst case, "
+                          "robustness curves, and the sanity checks of Carlini et al. (2019), which fail the stage."),
+        new_code_cell(EXPLORE + 'run: str = "hamming_stability"  # a key of runs in the params file\n'
+                      'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      'output_root: str = "runs/explore"  # "." under DVC; the train notebook must have run there',
+                      metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import attack as stage"),
+        new_code_cell("metrics = stage.run(run, params_file, output_root)\n"
+                      "pd.Series({k: v for k, v in metrics.items() if k.endswith('_acc')}, name=run).to_frame()"),
+        new_code_cell("from robustlib import paths\nfrom robustlib.params import project_root\n"
+                      "from robustlib.reports import robustness_curves_figure\n\n"
+                      "robustness_curves_figure({run: pd.read_csv(paths.attack_curve_path(project_root() / output_root, "
+                      "run))});"),
+    ],
+    "30_verify.ipynb": [
+        new_markdown_cell("# Verify one named run\n\nIBP certified accuracy (and Lipschitz certificates for spectral-norm "
+                          "runs) for every run; complete MILP verification for the runs in `verify.milp_runs`. A time "
+                          "limit is never 'verified'; a counterexample counts only after a float32 replay."),
+        new_code_cell(EXPLORE + 'run: str = "hamming_stability"  # a key of runs in the params file\n'
+                      'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      'output_root: str = "runs/explore"  # "." under DVC; train and attack must have run there',
+                      metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import verify as stage"),
+        new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.DataFrame(metrics['eps']).T"),
+    ],
+    "40_ablations.ipynb": [
+        new_markdown_cell("# Ablations (paper Table 3) and regularization-strength sweep"),
+        new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nfrom IPython.display import Image, display\n\n"
+                      "from robustlib.stages import ablations as stage"),
+        new_code_cell("result = stage.run(params_file, output_root)\nresult['table']"),
+        new_code_cell("display(result['sweep'])\ndisplay(Image(filename=str(result['figure'])))"),
+    ],
+    "50_laplacian.ipynb": [
+        new_markdown_cell("# Sparse vs dense Laplacian (paper Table 4) and appendix-B neighbour statistics"),
+        new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nfrom IPython.display import Image, display\n\n"
+                      "from robustlib.stages import laplacian as stage"),
+        new_code_cell("result = stage.run(params_file, output_root)\ndisplay(result['table'])\nresult['stats']"),
+        new_code_cell("display(Image(filename=str(result['figure'])))"),
+    ],
     "90_report.ipynb": [
         new_markdown_cell("# Report\n\nCollects the outputs of every stage into the tables and figures under "
                           "`reports/` and writes `reports/report.md`."),
         new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
-        new_code_cell(SETUP + "\n\nfrom IPython.display import Image, Markdown, display\n\n"
+        new_code_cell(SETUP + "\n\nfrom IPython.display import Markdown, display\n\n"
                       "from robustlib.stages import report as stage"),
-        new_code_cell("result = stage.run(params_file, output_root)\nresult['table']"),
-        new_code_cell("display(Image(filename=str(result['figure'])))\ndisplay(Markdown(result['report'].read_text()))"),
+        new_code_cell("result = stage.run(params_file, output_root)\nresult['table1']"),
+        new_code_cell("display(Markdown(result['report'].read_text()))"),
     ],
 }
 

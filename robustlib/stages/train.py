@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from robustlib import paths
-from robustlib.data import Split, load_split, make_split
+from robustlib.data import load_split, make_split
 from robustlib.evaluate import accuracy
 from robustlib.io import save_model, write_json
 from robustlib.params import run_config
@@ -37,8 +37,8 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".", prog
                        data.get("n_test"), seed, source=train_set.source)
     logger.info("loaded %s (%s) in %.1fs: %d train / %d val / %d test", data["dataset"], train_set.source,
                 time.perf_counter() - t0, len(split.train), len(split.val), len(split.test))
-    if cfg.init_from:
-        cfg.init_from = str(env.out / cfg.init_from)
+    if cfg.init_from:  # a finetune run: init_from names the run whose checkpoint it starts from
+        cfg.init_from = str(paths.model_path(env.out, cfg.init_from))
 
     resume = paths.resume_path(env.out, run)
     result = train(cfg, train_set.images(split.train), train_set.labels(split.train),

@@ -1,13 +1,15 @@
-"""Objectives as weighted sums of named terms, and the terms themselves.
+"""Objectives as weighted sums of named terms: the term registry, the step context and the objective.
 
 An objective is ``sum_t w_t(progress) * term_t(ctx)``; the training loop only calls the objective.
 Each term is a small class registered under its name in ``TERMS``; it declares which input views it
 reads (``clean``, ``plus`` = x + rho, ``minus`` = x - rho, with rho a fresh random corner of the
-eps-cube per example) and whether it needs ReLU pre-activations. The objective evaluates all
-requested views in ONE forward pass over the concatenated batch, so e.g. cross-entropy + hamming +
-stability costs one pass over a 3x batch (the paper's claim: "on par with three parallel passes").
-Terms needing adversarial examples run their own attack through ``robustlib.attacks.ascent``
-with the step's threat model.
+eps-cube per example) and whether it needs ReLU pre-activations. Terms needing adversarial points
+compute them in ``prepare(ctx)`` (through ``robustlib.attacks.ascent.ascend`` with ``ctx.threat``) and
+register them as extra views with ``ctx.add_view``. The objective then evaluates every view of the step
+-- fixed and extra -- in ONE forward pass over the concatenated batch, so cross-entropy + hamming +
+stability costs one pass over a 3x batch (the paper's claim: "on par with three parallel passes"), and
+TRADES costs its attack plus one pass over a 2x batch. For BatchNorm models (PreActResNet18) in train
+mode, all views of a step therefore share one set of batch statistics.
 
 Reference: Jin & Rinard, "Efficient Regularization for Robust Deep ReLU Networks" (eqs. 10-11,
 16-17).
@@ -33,32 +35,6 @@ VIEWS = ("clean", "plus", "minus")
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's two regularizers as plain functions
-# ---------------------------------------------------------------------------------------------
-def hamming(z_plus: Sequence[torch.Tensor], z_minus: Sequence[torch.Tensor], alpha: float) -> torch.Tensor:
-    """Relaxed Hamming regularizer (Jin & Rinard eqs. 10, 11, 17).
-
-    Per ReLU, ``H_alpha(z+, z-) = 1/2 |tanh(alpha z+) - tanh(alpha z-)|`` (-> Hamming distance of the
-    activation patterns as alpha -> inf); per layer j, ``d_j = (1/m_j) sum_k H_alpha`` over its m_j
-    units; returns the mean over examples and layers of ``d_j ** 2``.
-    """
-    if len(z_plus) != len(z_minus) or not z_plus:
-        raise ValueError("hamming needs two equal-length, non-empty lists of pre-activations")
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
-    per_layer = []
-    for zp, zm in zip(z_plus, z_minus, strict=True):
-        d = 0.5 * (torch.tanh(alpha * zp) - torch.tanh(alpha * zm)).abs().flatten(1).mean(1)
-        per_layer.append(d * d)
-    return torch.stack(per_layer, 1).mean()
-
-
-def stability(out_plus: torch.Tensor, out_minus: torch.Tensor) -> torch.Tensor:
-    """Stability regularizer (Jin & Rinard eq. 16): batch mean of ``||f(x+rho) - f(x-rho)||_2^2``."""
-    return (out_plus - out_minus).flatten(1).pow(2).sum(1).mean()
-
-
-# ---------------------------------------------------------------------------------------------
 # Step context: the batch, its views and the shared forward pass
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -74,43 +50,66 @@ class StepContext:
     logits: dict[str, torch.Tensor] = field(default_factory=dict)
     preacts: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra_views: list[str] = field(default_factory=list)
+
+    def add_view(self, name: str, inputs: torch.Tensor) -> None:
+        """Register extra inputs (e.g. adversarial points) to be evaluated in the step's shared forward
+        pass; after ``run_views`` their outputs are ``logits[name]`` (and ``preacts[name]``)."""
+        if name in VIEWS or name in self.inputs:
+            raise ValueError(f"view {name!r} already exists")
+        if inputs.shape != self.x.shape:
+            raise ValueError(f"view {name!r}: shape {tuple(inputs.shape)} differs from the batch's "
+                             f"{tuple(self.x.shape)}")
+        self.inputs[name] = inputs.detach()
+        self.extra_views.append(name)
 
     def run_views(self, views: Sequence[str], with_preacts: bool) -> None:
-        """Evaluate the requested views in one forward pass and store logits (and pre-activations)."""
+        """Evaluate the requested fixed views and every extra view in one forward pass; store logits
+        (and pre-activations) per view."""
         unknown = set(views) - set(VIEWS)
         if unknown:
             raise ValueError(f"unknown views {sorted(unknown)}; expected some of {VIEWS}")
-        views = [v for v in VIEWS if v in views]
-        if not views:
+        names = [v for v in VIEWS if v in views] + list(self.extra_views)
+        if not names:
             return
-        if "plus" in views or "minus" in views:
+        if "plus" in names or "minus" in names:
             rho = self.threat.random_corner(self.x, self.generator)
             self.inputs["plus"] = (self.x + rho).clamp(0.0, 1.0)
             self.inputs["minus"] = (self.x - rho).clamp(0.0, 1.0)
         self.inputs["clean"] = self.x
-        batch = torch.cat([self.inputs[v] for v in views]) if len(views) > 1 else self.inputs[views[0]]
+        batch = torch.cat([self.inputs[v] for v in names]) if len(names) > 1 else self.inputs[names[0]]
         if with_preacts:
             out, pre = self.model(batch, return_preacts=True)
         else:
             out, pre = self.model(batch), None
         n = self.x.shape[0]
-        for i, v in enumerate(views):
-            self.logits[v] = out[i * n:(i + 1) * n]
-            if pre is not None:
-                self.preacts[v] = [z[i * n:(i + 1) * n] for z in pre]
+        # split (one backward node per tensor) rather than one slice per view: the backward of k slices
+        # would allocate k zero-padded copies of the whole batch.
+        for v, o in zip(names, out.split(n), strict=True):
+            self.logits[v] = o
+        if pre is not None:
+            per_layer = [z.split(n) for z in pre]
+            for i, v in enumerate(names):
+                self.preacts[v] = [parts[i] for parts in per_layer]
 
 
 # ---------------------------------------------------------------------------------------------
 # Terms
 # ---------------------------------------------------------------------------------------------
 class Term:
-    """Base class: a named loss term. Subclasses set ``name``/``views``/``needs_preacts`` and
-    implement ``__call__(ctx) -> scalar tensor``. Constructor keyword arguments are the term's
-    hyperparameters (from params.yaml)."""
+    """Base class: a named loss term. Subclasses set ``name``/``views``/``needs_preacts`` and implement
+    ``__call__(ctx) -> scalar tensor``; terms that need extra inputs (adversarial points) also override
+    ``prepare(ctx)``, which runs before the shared forward pass. Constructor keyword arguments are the
+    term's hyperparameters (from params.yaml); ``ramp_by_default`` says whether the objective's weight
+    ramp applies unless the spec says otherwise (True only for the paper's regularizers)."""
 
     name: ClassVar[str] = ""
     views: ClassVar[tuple[str, ...]] = ()
     needs_preacts: ClassVar[bool] = False
+    ramp_by_default: ClassVar[bool] = False
+
+    def prepare(self, ctx: StepContext) -> None:
+        """Hook run before the shared forward pass (default: nothing)."""
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -136,34 +135,6 @@ class CrossEntropy(Term):
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:
         return F.cross_entropy(ctx.logits["clean"], ctx.y)
-
-
-@register_term
-class Hamming(Term):
-    """The relaxed Hamming regularizer between the ReLU patterns at x + rho and x - rho."""
-
-    name = "hamming"
-    views = ("plus", "minus")
-    needs_preacts = True
-
-    def __init__(self, alpha: float = 8.0) -> None:
-        if not alpha > 0:
-            raise ValueError(f"hamming: alpha must be > 0, got {alpha}")
-        self.alpha = float(alpha)
-
-    def __call__(self, ctx: StepContext) -> torch.Tensor:
-        return hamming(ctx.preacts["plus"], ctx.preacts["minus"], self.alpha)
-
-
-@register_term
-class Stability(Term):
-    """The stability regularizer on softmax probabilities (the bounded f of the paper's appendix B)."""
-
-    name = "stability"
-    views = ("plus", "minus")
-
-    def __call__(self, ctx: StepContext) -> torch.Tensor:
-        return stability(F.softmax(ctx.logits["plus"], 1), F.softmax(ctx.logits["minus"], 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +185,8 @@ class Objective:
         self.needs_preacts = any(t.term.needs_preacts for t in self.terms.values())
 
     def __call__(self, ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        for wt in self.terms.values():
+            wt.term.prepare(ctx)
         ctx.run_views(self.views, self.needs_preacts)
         parts: dict[str, torch.Tensor] = {}
         total = None
@@ -228,22 +201,31 @@ class Objective:
 def build_objective(spec: Mapping[str, Any], ramp: Ramp | Mapping[str, float] | None = None) -> Objective:
     """Build an objective from a params.yaml mapping ``{term_name: weight | {weight, ramp, **kwargs}}``.
 
-    ``ramp`` (a ``Ramp`` or its fields) applies to every term except ``ce`` unless the term says
-    ``ramp: false``. Unknown term names and unknown hyperparameters raise ``ValueError``.
+    ``ramp`` (a ``Ramp`` or its fields) applies by default to the paper's regularizers (``hamming``,
+    ``stability``, ``dense_laplacian``: their gamma_H / gamma_S schedule, appendix A) and to no other
+    term (baselines keep their papers' constant weights); ``ramp: false`` / ``ramp: true`` in a term's
+    spec overrides the default. Unknown term names, unknown hyperparameters and negative weights raise
+    ``ValueError``; each term validates its own hyperparameters.
     """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"an objective spec must be a mapping of term names, got {type(spec).__name__}")
     if isinstance(ramp, Mapping):
         ramp = Ramp(**ramp)
     terms: dict[str, WeightedTerm] = {}
     for name, value in spec.items():
         if name not in TERMS:
             raise ValueError(f"unknown objective term {name!r}; known terms: {sorted(TERMS)}")
-        opts = dict(value) if isinstance(value, Mapping) else {"weight": value}
-        weight = float(opts.pop("weight", 1.0))
-        if weight < 0:
-            raise ValueError(f"term {name!r}: weight must be >= 0, got {weight}")
-        use_ramp = bool(opts.pop("ramp", name != "ce"))
         cls = TERMS[name]
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        opts = dict(value) if isinstance(value, Mapping) else {"weight": value}
+        try:
+            weight = float(opts.pop("weight", 1.0))
+        except (TypeError, ValueError):
+            raise ValueError(f"term {name!r}: weight must be a number, got {value!r}") from None
+        if not weight >= 0:
+            raise ValueError(f"term {name!r}: weight must be >= 0, got {weight}")
+        use_ramp = bool(opts.pop("ramp", cls.ramp_by_default))
+        params = inspect.signature(cls.__init__).parameters
+        allowed = [p for p in params if p not in ("self", "args", "kwargs")]
         bad = sorted(set(opts) - set(allowed))
         if bad:
             raise ValueError(f"term {name!r}: unknown options {bad}; allowed: {['weight', 'ramp', *allowed]}")

@@ -1,0 +1,152 @@
+"""The attack stage: every attack on one named run, per-example worst case, curves, sanity checks.
+
+Outputs (``robustlib.paths``): per-example results (test index, clean correct, robust under each
+attack, worst case per threat model), robustness curves (robust accuracy vs eps, PGD and FGSM, with
+the AutoAttack points at the standard eps overlaid), and a metrics file (accuracies, which attacks
+were not applicable and why, the sanity checks' numbers). A failing sanity check fails the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Any
+
+import pandas as pd
+import torch
+
+from robustlib import checks, paths
+from robustlib.attacks import autoattack, fgsm, pgd, transfer
+from robustlib.attacks.perceptual import PERCEPTUAL_ATTACKS
+from robustlib.data import Split, dataset_info, load_split
+from robustlib.io import load_model, write_json
+from robustlib.params import all_runs
+from robustlib.robustness import evaluate_attacks, robustness_curve, save_results
+from robustlib.stages.common import StageEnv, setup
+from robustlib.threat import ThreatModel
+
+logger = logging.getLogger(__name__)
+
+
+def test_examples(env: StageEnv, run: str, n: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The first ``n`` test examples of the run's saved split (the same indices in every stage)."""
+    split = Split.load(paths.split_path(env.out, run))
+    idx = split.test[:n]
+    test = load_split(split.dataset, train=False, root=env.data_root)
+    return test.images(idx), test.labels(idx), idx
+
+
+def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
+    """Attack named run ``run``; write per-example results, curves and metrics; return the metrics."""
+    env = setup(params_file, output_root)
+    ap = env.params["attack"]
+    if run not in all_runs(env.params):
+        raise ValueError(f"unknown run {run!r}; runs: {all_runs(env.params)}")
+    t_start = time.perf_counter()
+    model = load_model(paths.model_path(env.out, run)).to(env.device)
+    x, y, idx = test_examples(env, run, int(ap["n_test"]))
+    x, y = x.to(env.device), y.to(env.device)
+    seed = int(env.params["base"]["seed"])
+    info = dataset_info(env.params["data"]["dataset"])
+    linf, l2 = ThreatModel("linf", float(ap["linf_eps"])), ThreatModel("l2", float(ap["l2_eps"]))
+    steps, restarts, bs = int(ap["pgd_steps"]), int(ap["pgd_restarts"]), int(ap["batch_size"])
+
+    def gen() -> torch.Generator:
+        return torch.Generator(device=x.device).manual_seed(seed)
+
+    attacks = {
+        "fgsm_linf": partial(fgsm, eps=linf.eps, norm="linf"),
+        "pgd_linf": partial(pgd, eps=linf.eps, norm="linf", steps=steps, restarts=restarts, generator=gen(),
+                            batch_size=bs),
+        "aa_linf": partial(autoattack, eps=linf.eps, norm="linf", version=ap["autoattack_version"], seed=seed,
+                           batch_size=bs),
+        "pgd_l2": partial(pgd, eps=l2.eps, norm="l2", steps=steps, restarts=restarts, generator=gen(), batch_size=bs),
+        "aa_l2": partial(autoattack, eps=l2.eps, norm="l2", version=ap["autoattack_version"], seed=seed,
+                         batch_size=bs),
+    }
+    threats = {"fgsm_linf": linf, "pgd_linf": linf, "aa_linf": linf, "pgd_l2": l2, "aa_l2": l2}
+    source = ap.get("transfer_from")
+    if source and source != run:
+        src_model = load_model(paths.model_path(env.out, source)).to(env.device)
+        attacks["transfer_linf"] = partial(_transfer_attack, src_model, eps=linf.eps, steps=steps, restarts=restarts,
+                                           seed=seed, batch_size=bs)
+        threats["transfer_linf"] = linf
+    for name, eps in (ap.get("perceptual") or {}).items():
+        if name not in PERCEPTUAL_ATTACKS:
+            raise ValueError(f"attack.perceptual: unknown attack {name!r}; known: {sorted(PERCEPTUAL_ATTACKS)}")
+        attacks[name] = partial(PERCEPTUAL_ATTACKS[name], eps=float(eps))
+
+    table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, batch_size=bs)
+    for threat_name in ("linf", "l2"):
+        cols = [f"robust_{a}" for a in attacks if a.endswith(f"_{threat_name}") and f"robust_{a}" in table]
+        table[f"worst_{threat_name}"] = table[["clean_correct", *cols]].all(axis=1)
+    save_results(table, paths.attack_results_path(env.out, run))
+    not_applicable = dict(table.attrs.get("not_applicable", {}))
+
+    curve = pd.concat([
+        robustness_curve(model, x[: int(ap["curve_n"])], y[: int(ap["curve_n"])], norm, ap[f"curve_{norm}_eps"],
+                         steps=steps, restarts=restarts, seed=seed, batch_size=bs)
+        for norm in ("linf", "l2")
+    ], ignore_index=True)
+    for norm, threat in (("linf", linf), ("l2", l2)):  # AutoAttack points at the standard eps (all n examples)
+        curve.loc[len(curve)] = [norm, threat.eps, "autoattack", float(table[f"robust_aa_{norm}"].mean())]
+    curve_path = paths.attack_curve_path(env.out, run)
+    curve_path.parent.mkdir(parents=True, exist_ok=True)
+    curve.to_csv(curve_path, index=False, float_format="%.6g")
+
+    sanity = run_sanity_checks(model, x, y, curve, table, run, env.params, info.num_classes, seed)
+    metrics = {
+        "run": run,
+        "n": len(idx),
+        "linf_eps": linf.eps,
+        "l2_eps": l2.eps,
+        "clean_acc": float(table["clean_correct"].mean()),
+        **{f"{c.removeprefix('robust_')}_acc": float(table[c].mean()) for c in table if c.startswith("robust_")},
+        "worst_linf_acc": float(table["worst_linf"].mean()),
+        "worst_l2_acc": float(table["worst_l2"].mean()),
+        "not_applicable": not_applicable,
+        "sanity": sanity,
+        "minutes": round((time.perf_counter() - t_start) / 60, 3),
+    }
+    write_json(metrics, paths.attack_metrics_path(env.out, run))
+    return metrics
+
+
+def _transfer_attack(source, model, x, y, eps, steps, restarts, seed, batch_size):
+    return transfer(source, model, x, y, eps=eps, norm="linf", steps=steps, restarts=restarts,
+                    generator=torch.Generator(device=x.device).manual_seed(seed), batch_size=batch_size)
+
+
+def run_sanity_checks(model, x, y, curve: pd.DataFrame, table: pd.DataFrame, run: str, params: dict,
+                      num_classes: int, seed: int) -> dict[str, Any]:
+    """Carlini et al. (2019) checks on this run; any failure raises ``checks.SanityCheckError``."""
+    ap, sp = params["attack"], params["attack"]["sanity"]
+    n = int(sp["n"])
+    xs, ys = x[:n], y[:n]
+    steps, restarts = int(ap["pgd_steps"]), int(ap["pgd_restarts"])
+    out: dict[str, Any] = {}
+    pgd_curve = curve[curve["attack"].isin(["pgd", "fgsm"])]
+    out["monotone_in_eps"] = checks.check_monotone_in_eps(pgd_curve[pgd_curve["attack"] == "pgd"])
+    for norm in ("linf", "l2"):
+        c = curve[curve["norm"] == norm]
+        for eps, grp in c.groupby("eps"):
+            accs = dict(zip(grp["attack"], grp["robust_acc"], strict=False))
+            if "pgd" in accs and "fgsm" in accs and accs["pgd"] > accs["fgsm"] + 1e-9:
+                raise checks.SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy {accs['pgd']:.4f} exceeds "
+                                              f"FGSM's {accs['fgsm']:.4f} at {norm} eps={eps}")
+        out[f"large_eps_{norm}"] = checks.check_large_eps(pgd, model, xs, ys, norm, float(sp["large_eps"][norm]),
+                                                          num_classes, steps=steps, restarts=1)
+    out["budget_linf"] = checks.check_budget_converged(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
+                                                       steps, restarts, tol=float(sp["budget_tol"]), seed=seed)
+    robust_cols = [c for c in table if c.startswith("robust_") or c.startswith("worst_")]
+    out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table["robust_pgd_linf"].mean()),
+                                 "fgsm_linf": float(table["robust_fgsm_linf"].mean())}
+    if out["pgd_vs_fgsm_points"]["pgd_linf"] > out["pgd_vs_fgsm_points"]["fgsm_linf"]:
+        raise checks.SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy exceeds FGSM's at the standard eps")
+    if run == sp.get("undefended_run"):
+        out["undefended"] = checks.check_undefended(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
+                                                    max_acc=float(sp["undefended_max_acc"]), steps=steps,
+                                                    restarts=restarts)
+    out["columns"] = robust_cols
+    return out

@@ -1,0 +1,44 @@
+"""The laplacian stage: the paper's Table 4 (sparse, paired x±rho regularizer vs the dense heat-kernel
+Laplacian over all pairs) from the attack stage's results, and the appendix-B nearest-neighbour
+statistics of the training data with a histogram."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from robustlib import paths
+from robustlib.data import Split, load_split
+from robustlib.io import write_json
+from robustlib.neighbours import nearest_other_distances, sample_indices, summarize
+from robustlib.reports import neighbour_histogram, save_figure, write_table
+from robustlib.stages.ablations import run_summary
+from robustlib.stages.common import setup
+from robustlib.threat import ThreatModel
+
+logger = logging.getLogger(__name__)
+
+
+def run(params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
+    env = setup(params_file, output_root)
+    lp = env.params["laplacian"]
+    rows = []
+    for form, r in (("sparse", lp["sparse_run"]), ("dense", lp["dense_run"])):
+        if r not in env.params["runs"]:
+            raise ValueError(f"laplacian: unknown run {r!r}; runs: {sorted(env.params['runs'])}")
+        rows.append({"regularizer": form, **run_summary(env.out, r)})
+    table = pd.DataFrame(rows).round(2)
+    write_table(table, paths.tables_dir(env.out) / "laplacian_table4")
+
+    split = Split.load(paths.split_path(env.out, lp["sparse_run"]))
+    train = load_split(split.dataset, train=True, root=env.data_root)
+    x = train.images(split.train)
+    threat = ThreatModel(env.params["train"]["norm"], float(env.params["train"]["eps"]))
+    query = sample_indices(x.shape[0], float(lp["fraction"]), int(env.params["base"]["seed"]))
+    dists, _ = nearest_other_distances(x, query)
+    stats = summarize(dists, x.shape[0], threat, x[0].numel())
+    write_json(stats.as_dict(), paths.tables_dir(env.out) / "neighbour_stats.json")
+    fig = save_figure(neighbour_histogram(dists, stats), paths.figures_dir(env.out) / "neighbour_distances.png")
+    return {"table": table, "stats": stats.as_dict(), "figure": fig}

@@ -1,0 +1,350 @@
+"""The objective machinery and the paper's regularizers (hamming, stability, dense Laplacian), the
+weight-decay term, option validation, and one real training step with every registered term.
+
+References: brute-force Hamming distances of activation patterns, direct per-example loops, a slow
+double loop over pairs for the dense Laplacian, and torch.optim.SGD's own weight_decay."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustlib.models import build_model
+from robustlib.regularizers import (
+    TERMS,
+    Ramp,
+    StepContext,
+    Term,
+    build_objective,
+    dense_laplacian,
+    hamming,
+    heat_kernel,
+    stability,
+)
+from robustlib.threat import ThreatModel
+from robustlib.train import TrainConfig, train
+
+
+def tiny_mlp(seed: int = 0, hidden=(12, 10), image_size: int = 4):
+    torch.manual_seed(seed)
+    return build_model("mlp", image_size=image_size, hidden=list(hidden), num_classes=4)
+
+
+def batch(b: int = 6, image_size: int = 4, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 1, image_size, image_size, generator=g) * 0.8 + 0.1
+    y = torch.randint(0, 4, (b,), generator=g)
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# hamming
+# ---------------------------------------------------------------------------------------------
+def brute_force_hamming(z_plus, z_minus) -> float:
+    """Mean over examples and layers of (fraction of units whose ReLU state differs)^2, by loops."""
+    total, count = 0.0, 0
+    for i in range(z_plus[0].shape[0]):
+        for zp, zm in zip(z_plus, z_minus, strict=True):
+            a, b = zp[i].flatten().tolist(), zm[i].flatten().tolist()
+            differ = sum(1 for u, v in zip(a, b, strict=True) if (u > 0) != (v > 0))
+            total += (differ / len(a)) ** 2
+            count += 1
+    return total / count
+
+
+def test_hamming_large_alpha_is_the_hamming_distance_of_activation_patterns():
+    model = tiny_mlp()
+    x, _ = batch(8)
+    rho = ThreatModel("linf", 0.3).random_corner(x, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, zp = model((x + rho).clamp(0, 1), return_preacts=True)
+        _, zm = model((x - rho).clamp(0, 1), return_preacts=True)
+    assert min(float(z.abs().min()) for z in zp + zm) > 1e-4  # no unit sits on its kink
+    expected = brute_force_hamming(zp, zm)
+    assert expected > 0.01  # the patterns do differ: the check is not 0 == 0
+    for alpha in (1e7, 1e9):
+        assert float(hamming(zp, zm, alpha)) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    # small alpha is a strictly smaller relaxation
+    assert float(hamming(zp, zm, 1.0)) < expected
+
+
+def test_hamming_finite_alpha_matches_the_per_unit_formula():
+    g = torch.Generator().manual_seed(3)
+    zp = [torch.randn(5, 7, generator=g), torch.randn(5, 2, 3, generator=g)]
+    zm = [torch.randn(5, 7, generator=g), torch.randn(5, 2, 3, generator=g)]
+    alpha = 2.5
+    ref = []
+    for i in range(5):
+        for a, b in zip(zp, zm, strict=True):
+            h = [0.5 * abs(math.tanh(alpha * u) - math.tanh(alpha * v))
+                 for u, v in zip(a[i].flatten().tolist(), b[i].flatten().tolist(), strict=True)]
+            ref.append((sum(h) / len(h)) ** 2)
+    assert float(hamming(zp, zm, alpha)) == pytest.approx(np.mean(ref), rel=1e-5)
+
+
+def test_hamming_rejects_bad_input():
+    z = [torch.zeros(2, 3)]
+    with pytest.raises(ValueError, match="alpha"):
+        hamming(z, z, 0.0)
+    with pytest.raises(ValueError, match="equal-length"):
+        hamming(z, z + z, 1.0)
+
+
+def test_stability_matches_a_direct_computation():
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    ref = np.mean([sum((u - v) ** 2 for u, v in zip(a[i].tolist(), b[i].tolist(), strict=True))
+                   for i in range(6)])
+    assert float(stability(a, b)) == pytest.approx(ref, rel=1e-6)
+
+
+def test_stability_term_uses_softmax_of_the_paired_views():
+    model = tiny_mlp()
+    x, y = batch()
+    obj = build_objective({"stability": 1.0})
+    ctx = StepContext(model, x, y, ThreatModel("linf", 0.2), generator=torch.Generator().manual_seed(0))
+    value = obj(ctx)[0].detach()
+    with torch.no_grad():
+        p, m = F.softmax(model(ctx.inputs["plus"]), 1), F.softmax(model(ctx.inputs["minus"]), 1)
+    ref = np.mean([float(((p[i] - m[i]) ** 2).sum()) for i in range(len(y))])
+    assert float(value) == pytest.approx(ref, rel=1e-5)
+    assert ThreatModel("linf", 0.2).contains(ctx.inputs["plus"], x).all()
+    assert torch.allclose((ctx.inputs["plus"] - x).abs()[(x > 0.2) & (x < 0.8)], torch.tensor(0.2))
+
+
+# ---------------------------------------------------------------------------------------------
+# dense Laplacian
+# ---------------------------------------------------------------------------------------------
+def slow_dense_laplacian(points, probs, preacts, alpha, s, out_scale, pat_scale):
+    """(1/N) sum over all ordered pairs of W_ij ||g_i - g_j||^2 by a double loop (float64)."""
+    n, n_layers = points.shape[0], len(preacts)
+
+    def g(i):
+        parts = [out_scale * probs[i].flatten()]
+        for z in preacts:
+            m = z[i].numel()
+            parts.append(pat_scale * torch.tanh(alpha * z[i].flatten()) / (2 * math.sqrt(m * n_layers)))
+        return torch.cat(parts)
+
+    gs = [g(i) for i in range(n)]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            w = torch.exp(-((points[i] - points[j]) ** 2).sum() / s)
+            total = total + w * ((gs[i] - gs[j]) ** 2).sum()
+    return total / n
+
+
+@pytest.mark.parametrize("bandwidth,out_scale,pat_scale",
+                         [(None, 1.0, 1.0), (3.0, 0.5, 2.0), (0.05, 1.0, 0.0)])
+def test_dense_laplacian_matches_a_slow_double_loop_value_and_gradient(bandwidth, out_scale, pat_scale):
+    model = tiny_mlp().double()
+    x, y = batch(5)
+    x = x.double()
+    alpha = 3.0
+    obj = build_objective({"dense_laplacian": {"bandwidth": bandwidth, "alpha": alpha,
+                                               "output_scale": out_scale, "pattern_scale": pat_scale}})
+    ctx = StepContext(model, x, y, ThreatModel("linf", 0.1), generator=torch.Generator().manual_seed(0))
+    value, _ = obj(ctx)
+    grads = torch.autograd.grad(value, list(model.parameters()))
+
+    points = torch.cat([ctx.inputs["plus"], ctx.inputs["minus"]]).flatten(1)
+    paired = ((ctx.inputs["plus"] - ctx.inputs["minus"]) ** 2).sum((1, 2, 3)).mean()
+    s = bandwidth if bandwidth is not None else float(paired)
+    logits, pre = model(points.view(-1, 1, 4, 4), return_preacts=True)
+    ref = slow_dense_laplacian(points, F.softmax(logits, 1), pre, alpha, s, out_scale, pat_scale)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    assert float(value.detach()) == pytest.approx(float(ref.detach()), rel=1e-9, abs=1e-15)
+    assert float(ref.detach()) > 0
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-12)
+
+
+def test_dense_laplacian_float32_agrees_with_float64_when_views_nearly_agree():
+    # the expanded Laplacian form cancels when g_i ~ g_j; the float64 accumulation must keep it accurate
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(6, 10, generator=g)
+    emb = torch.rand(6, 50, generator=g)
+    emb[3:] = emb[:3] + 1e-4 * torch.randn(3, 50, generator=g)
+    pts[3:] = pts[:3] + 0.01
+    v32 = float(dense_laplacian(pts, emb, 0.5))
+    p64, e64 = pts.double(), emb.double()
+    ref = sum(float(torch.exp(-((p64[i] - p64[j]) ** 2).sum() / 0.5) * ((e64[i] - e64[j]) ** 2).sum())
+              for i in range(6) for j in range(6)) / 6
+    assert v32 == pytest.approx(ref, rel=1e-4)
+    assert heat_kernel(pts, 0.5).diagonal().eq(1).all()
+    with pytest.raises(ValueError, match="bandwidth"):
+        dense_laplacian(pts, emb, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective: one forward pass, weights, ramps, validation
+# ---------------------------------------------------------------------------------------------
+def count_forwards(model):
+    calls = []
+    model.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    return calls
+
+
+def test_views_share_one_forward_pass():
+    model = tiny_mlp()
+    x, y = batch(6)
+    calls = count_forwards(model)
+    obj = build_objective({"ce": 1.0, "hamming": 10.0, "stability": 1.0, "dense_laplacian": 1.0})
+    obj(StepContext(model, x, y, ThreatModel("linf", 0.1), generator=torch.Generator().manual_seed(0)))
+    assert calls == [18]  # clean + plus + minus, once
+    calls.clear()
+    obj = build_objective({"ce": 1.0, "trades": {"weight": 6.0, "steps": 3}, "pgd_at": {"steps": 2}})
+    obj(StepContext(model, x, y, ThreatModel("linf", 0.1), generator=torch.Generator().manual_seed(0)))
+    # trades: 1 target pass + 3 steps; pgd_at: 2 steps; then ONE pass over clean + 2 adversarial views
+    assert calls == [6, 6, 6, 6, 6, 6, 18]
+
+
+def test_objective_is_the_weighted_sum_with_ramps():
+    model = tiny_mlp()
+    x, y = batch(6)
+    obj = build_objective({"ce": 2.0, "stability": 3.0, "hamming": {"weight": 5.0, "ramp": False}},
+                          ramp={"start": 0.2, "end": 0.8, "factor": 10.0})
+    ctx = StepContext(model, x, y, ThreatModel("linf", 0.1), progress=0.5,
+                      generator=torch.Generator().manual_seed(0))
+    total, parts = obj(ctx)
+    r = Ramp(0.2, 0.8, 10.0)(0.5)
+    assert r == pytest.approx(5.5)
+    expected = 2.0 * parts["ce"] + 3.0 * r * parts["stability"] + 5.0 * parts["hamming"]
+    assert float(total.detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert float(parts["ce"]) == pytest.approx(float(F.cross_entropy(model(x), y).detach()), rel=1e-6)
+    # only the paper's regularizers follow the gamma ramp by default; "ramp: true" opts a baseline in
+    assert {n for n, c in TERMS.items() if c.ramp_by_default} == {"hamming", "stability", "dense_laplacian"}
+    obj = build_objective({"ce": 1.0, "ibp": {"weight": 0.1, "ramp": True}, "trades": 6.0},
+                          ramp={"start": 0.2, "end": 0.8, "factor": 10.0})
+    assert obj.terms["ibp"].weight_at(1.0) == pytest.approx(1.0)
+    assert obj.terms["trades"].weight_at(1.0) == 6.0 and obj.terms["ce"].weight_at(1.0) == 1.0
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"nope": 1.0}, "unknown objective term 'nope'"),
+    ({"trades": {"weight": 1.0, "stepz": 3}}, r"unknown options \['stepz'\]"),
+    ({"ce": {"weight": 1.0, "alpha": 3}}, r"unknown options \['alpha'\]"),
+    ({"hamming": -1.0}, "weight must be >= 0"),
+    ({"hamming": float("nan")}, "weight must be >= 0"),
+    ({"hamming": "heavy"}, "weight must be a number"),
+    ({"hamming": {"alpha": 0}}, "alpha must be > 0"),
+    ({"trades": {"steps": 0}}, "steps must be an integer >= 1"),
+    ({"pgd_at": {"restarts": 0}}, "restarts"),
+    ({"pgd_at": {"step_size": -1}}, "step_size"),
+    ({"gradient_penalty": {"of": "weights"}}, "unknown of='weights'"),
+    ({"jacobian": {"n_proj": 0}}, "n_proj"),
+    ({"curvature": {"h": -1}}, "h must be >= 0"),
+    ({"margin": {"kind": "hinge"}}, "unknown kind"),
+    ({"margin": {"margin": -1}}, "margin must be >= 0"),
+    ({"arr": {"distance": "l1"}}, "unknown distance"),
+    ({"rs_loss": {"reduction": "max"}}, "unknown reduction"),
+    ({"dense_laplacian": {"bandwidth": 0}}, "bandwidth must be > 0"),
+    ({"fgsm_at": {"step_factor": 0}}, "step_factor"),
+    ({"lipschitz_margin": {"iters": 0}}, "iters"),
+    ({}, "at least one term"),
+])
+def test_bad_objective_specs_raise_clear_errors(spec, match):
+    with pytest.raises(ValueError, match=match):
+        build_objective(spec)
+
+
+def test_register_term_rejects_duplicates_and_empty_names():
+    class Dup(Term):
+        name = "ce"
+
+    class Nameless(Term):
+        pass
+
+    from robustlib.regularizers import register_term
+
+    for cls in (Dup, Nameless):
+        with pytest.raises(ValueError, match="empty or already registered"):
+            register_term(cls)
+
+
+def test_add_view_validates():
+    model = tiny_mlp()
+    x, y = batch(4)
+    ctx = StepContext(model, x, y, ThreatModel("linf", 0.1))
+    with pytest.raises(ValueError, match="already exists"):
+        ctx.add_view("plus", x)
+    with pytest.raises(ValueError, match="shape"):
+        ctx.add_view("adv", x[:2])
+
+
+# ---------------------------------------------------------------------------------------------
+# weight decay
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_weight_decay_term_gives_the_same_update_as_sgd_weight_decay(momentum):
+    x, y = batch(8)
+    lam = 0.05
+    runs = {}
+    for mode in ("optimizer", "term"):
+        model = tiny_mlp(seed=5)
+        spec = {"ce": 1.0} if mode == "optimizer" else {"ce": 1.0, "weight_decay": lam}
+        obj = build_objective(spec)
+        opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=momentum,
+                              weight_decay=lam if mode == "optimizer" else 0.0)
+        for _ in range(4):
+            loss, _ = obj(StepContext(model, x, y, ThreatModel("linf", 0.1)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        runs[mode] = [p.detach().clone() for p in model.parameters()]
+    init = list(tiny_mlp(seed=5).parameters())
+    moved = sum(float((a - b).abs().sum().detach()) for a, b in zip(runs["term"], init, strict=True))
+    assert moved > 0.1
+    for a, b in zip(runs["optimizer"], runs["term"], strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_weight_decay_value_and_bias_option():
+    model = tiny_mlp()
+    x, y = batch(2)
+    ctx = StepContext(model, x, y, ThreatModel("linf", 0.1))
+    all_sq = sum(float((p.detach().double() ** 2).sum()) for p in model.parameters())
+    w_sq = sum(float((p.detach().double() ** 2).sum()) for p in model.parameters() if p.dim() > 1)
+    assert float(TERMS["weight_decay"]()(ctx).detach()) == pytest.approx(0.5 * all_sq, rel=1e-5)
+    assert float(TERMS["weight_decay"](biases=False)(ctx).detach()) == pytest.approx(0.5 * w_sq, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every registered term in a real training step
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_every_term_trains_one_epoch_with_a_finite_loss(name):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 8, 8, generator=g)
+    y = torch.randint(0, 3, (64,), generator=g)
+    spec = {name: 1.0} if name == "ce" else {"ce": 1.0, name: 0.5}
+    if name in ("trades", "pgd_at", "arr"):
+        spec[name] = {"weight": 0.5, "steps": 2}
+    cfg = TrainConfig(model="mlp", model_kwargs={"image_size": 8, "hidden": [16, 16], "num_classes": 3},
+                      objective=spec, epochs=1, batch_size=32, lr=0.05, eps=0.1, eps_ramp=None, seed=0)
+    torch.manual_seed(cfg.seed)
+    before = [p.detach().clone() for p in build_model(cfg.model, **cfg.model_kwargs).parameters()]
+    result = train(cfg, x, y, x[:0], y[:0], progress=False)
+    row = result.history[-1]
+    assert math.isfinite(row["train_loss"])
+    assert math.isfinite(row[f"train_{name}"])
+    after = list(result.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_dense_laplacian_reduces_to_the_paired_form_when_only_pairs_are_close():
+    # points far apart except each x_i + rho_i / x_i - rho_i pair: the value is w * mean ||g+ - g-||^2
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(4, dtype=torch.float64) * 10.0
+    plus, minus = centres + 0.1, centres - 0.1
+    pts = torch.cat([plus, minus])
+    emb = torch.rand(8, 12, generator=g)
+    s = 0.08  # paired squared distance 4 * 0.01 * 4 = 0.16 -> w = exp(-2)
+    value = float(dense_laplacian(pts, emb, s))
+    paired = float(((emb[:4] - emb[4:]) ** 2).sum(1).mean())
+    assert value == pytest.approx(math.exp(-2) * paired, rel=1e-6)
