@@ -41,9 +41,9 @@ class StepTimer:
     """Times training steps of one objective on one model with fixed random data."""
 
     def __init__(self, model_name: str, objective: Mapping[str, Any], batch: int, eps: float = 0.3,
-                 seed: int = 0) -> None:
+                 seed: int = 0, spectral_norm: bool = False) -> None:
         torch.manual_seed(seed)
-        self.model = build_model(model_name, **MNIST).train()
+        self.model = build_model(model_name, spectral_norm=spectral_norm, **MNIST).train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
         # lr=0: every step does the full work of a real step on the same weights, so timings do
         # not drift with the weights (diverging weights could slow steps down through denormals).
@@ -68,18 +68,23 @@ class StepTimer:
         return (time.perf_counter() - t0) / steps
 
 
+def time_interleaved(timers: Mapping[str, StepTimer], steps: int, rounds: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each timer over ``rounds`` interleaved rounds of ``steps`` steps."""
+    for t in timers.values():
+        t.time(warmup)
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, t in timers.items():
+            samples[name].append(t.time(steps))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def run(models: list[str], batch: int, steps: int, rounds: int, warmup: int, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     results: dict[str, Any] = {}
     for model in models:
         timers = {name: StepTimer(model, obj, batch * mult) for name, (obj, mult) in CONFIGS.items()}
-        for t in timers.values():
-            t.time(warmup)
-        samples: dict[str, list[float]] = {name: [] for name in timers}
-        for _ in range(rounds):
-            for name, t in timers.items():
-                samples[name].append(t.time(steps))
-        sec = {name: statistics.median(s) for name, s in samples.items()}
+        sec = time_interleaved(timers, steps, rounds, warmup)
         results[model] = {
             "seconds_per_step": sec,
             "floor_over_plain": sec["floor_3x_batch"] / sec["plain"],

@@ -1,0 +1,298 @@
+"""Soundness and completeness of the MILP verifier (robustlib.verify) against an independent
+reference: exhaustive case analysis over activation patterns of tiny ReLU nets with 2-D inputs, each
+pattern a linear region whose minimum margin over (region intersected with the box) is an LP solved
+by scipy.optimize.linprog; and exhaustive enumeration of max-pool argmax choices."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+from torch import nn
+
+from robustlib.bounds import input_box, margin_lower_bounds, to_sequential
+from robustlib.models import Normalize, build_model
+from robustlib.verify import MILPEncoder, _solve_class, replays, summarize, verify
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Independent reference: depth-first case analysis over ReLU patterns with LP pruning
+# ---------------------------------------------------------------------------------------------------
+def _lp_min(c: np.ndarray, A: list, b: list, box: list[tuple[float, float]]) -> float | None:
+    res = linprog(c, A_ub=np.array(A) if A else None, b_ub=np.array(b) if b else None, bounds=box,
+                  method="highs")
+    return float(res.fun) if res.status == 0 else None
+
+
+def reference_min_margins(net: nn.Sequential, lo: np.ndarray, hi: np.ndarray, y: int) -> np.ndarray:
+    """Exact ``min over the box of z_y - z_j`` for every j (inf at j = y), for an MLP of Linear/ReLU."""
+    lin = [m for m in net if isinstance(m, nn.Linear)]
+    Ws = [m.weight.detach().double().numpy() for m in lin]
+    bs = [m.bias.detach().double().numpy() for m in lin]
+    box = list(zip(lo.tolist(), hi.tolist(), strict=True))
+    n_cls = Ws[-1].shape[0]
+    best = np.full(n_cls, np.inf)
+
+    def dfs(layer: int, k: int, E: np.ndarray, e: np.ndarray, diag: list[int], A: list, b: list) -> None:
+        if k == E.shape[0]:
+            D = np.array(diag, dtype=float)
+            E2, e2 = Ws[layer + 1] @ (D[:, None] * E), Ws[layer + 1] @ (D * e) + bs[layer + 1]
+            if layer + 1 == len(Ws) - 1:
+                for j in range(n_cls):
+                    if j == y:
+                        continue
+                    v = _lp_min(E2[y] - E2[j], A, b, box)
+                    if v is not None:
+                        best[j] = min(best[j], v + e2[y] - e2[j])
+            else:
+                dfs(layer + 1, 0, E2, e2, [], A, b)
+            return
+        for active in (1, 0):
+            row, rhs = (-E[k], e[k]) if active else (E[k], -e[k])
+            if _lp_min(np.zeros(E.shape[1]), A + [row], b + [rhs], box) is not None:
+                dfs(layer, k + 1, E, e, diag + [active], A + [row], b + [rhs])
+
+    dfs(0, 0, Ws[0], bs[0], [], [], [])
+    best[y] = np.inf
+    return best
+
+
+def _tiny_net(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():  # steeper than the default init, so that the cases are not all robust
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(3.0)
+                m.bias.mul_(2.0)
+    return net
+
+
+CASES = [(0, 0.05), (1, 0.15), (2, 0.3), (3, 0.1), (4, 0.25), (5, 0.2), (6, 0.4)]
+
+
+@pytest.mark.parametrize("seed,eps", CASES)
+def test_verdicts_and_milp_optimum_match_exhaustive_case_analysis(seed, eps):
+    net = _tiny_net(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, 2, generator=g)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    verdicts = {b: verify(net, x, y, eps, bounds=b, attack_steps=0, progress=False)
+                for b in ("linear", "interval")}
+    enc = MILPEncoder(to_sequential(net), (2,))
+    for i in range(3):
+        lo, hi = input_box(x[i:i + 1].double(), eps)
+        ref = reference_min_margins(net, lo[0].numpy(), hi[0].numpy(), int(y[i]))
+        true_min = float(ref.min())
+        for b, res in verdicts.items():
+            r = res[i]
+            if true_min > 1e-4:
+                assert r.verdict == "verified", (b, true_min, r)
+            elif true_min < -1e-4:
+                assert r.verdict == "falsified", (b, true_min, r)
+                assert bool(replays(net, r.counterexample[None], x[i:i + 1], y[i:i + 1], eps)[0])
+            else:
+                assert r.verdict != "verified" or true_min > 0
+        # the MILP's optimum for every class equals the reference (the encoding is exact)
+        with torch.no_grad():
+            _, act = margin_lower_bounds(to_sequential(net), lo, hi, y[i:i + 1], "interval")
+        milp = enc.build(lo[0].numpy(), hi[0].numpy(),
+                         {k: (a[0].flatten().numpy(), c[0].flatten().numpy()) for k, (a, c) in act.items()})
+        for j in range(3):
+            if j == int(y[i]):
+                continue
+            out = _solve_class(milp.highs(), milp, int(y[i]), j, 30.0, 1e-5, lambda s: None, stop_early=False)
+            assert out.dual_bound <= ref[j] + 1e-6
+            assert out.primal == pytest.approx(ref[j], abs=1e-5 + 1e-4 * abs(ref[j]))
+
+
+def test_reference_sees_both_verdicts():
+    """The cases above are informative: some are robust, some are not."""
+    signs = set()
+    for seed, eps in CASES[:3]:
+        net = _tiny_net(seed)
+        x = torch.rand(3, 2, generator=torch.Generator().manual_seed(seed))
+        y = net(x).argmax(1)
+        for i in range(3):
+            lo, hi = input_box(x[i:i + 1].double(), eps)
+            signs.add(bool(reference_min_margins(net, lo[0].numpy(), hi[0].numpy(), int(y[i])).min() > 0))
+    assert signs == {True, False}
+
+
+def test_maxpool_encoding_is_exact():
+    """Max-pool on 2 channels x 2 windows of 4: the MILP optimum equals the minimum over all 4^4
+    argmax choices, each an LP on the 8-D box."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 3)).double().eval()
+    x = torch.rand(1, 1, 2, 4, dtype=torch.float64)
+    y = int(net(x).argmax(1))
+    eps = 0.2
+    lo, hi = input_box(x, eps)
+    conv, fc = net[0], net[3]
+    # pre-pool values: v[c, p] = w_c x_p + b_c, p over the 8 pixels; windows: columns {0,1} and {2,3}
+    wc, bc = conv.weight.detach().view(2).numpy(), conv.bias.detach().numpy()
+    Wf, bf = fc.weight.detach().numpy(), fc.bias.detach().numpy()
+    windows = [[0, 1, 4, 5], [2, 3, 6, 7]]  # flat pixel indices of a 2x4 image
+    box = list(zip(lo.flatten().tolist(), hi.flatten().tolist(), strict=True))
+    ref = np.full(3, np.inf)
+    for choice in itertools.product(range(4), repeat=4):
+        A, b, pooled = [], [], []  # pooled[o] = (coef over x, const)
+        for o, (c, w) in enumerate(itertools.product(range(2), range(2))):
+            star = windows[w][choice[o]]
+            for p in windows[w]:
+                if p != star:  # v[c, p] <= v[c, star]
+                    row = np.zeros(8)
+                    row[p] += wc[c]
+                    row[star] -= wc[c]
+                    A.append(row)
+                    b.append(0.0)
+            coef = np.zeros(8)
+            coef[star] = wc[c]
+            pooled.append((coef, bc[c]))
+        P = np.stack([p[0] for p in pooled])
+        q = np.array([p[1] for p in pooled])  # Flatten order: (c, w)
+        for j in range(3):
+            if j != y:
+                v = _lp_min((Wf[y] - Wf[j]) @ P, A, b, box)
+                if v is not None:
+                    ref[j] = min(ref[j], v + (Wf[y] - Wf[j]) @ q + bf[y] - bf[j])
+    with torch.no_grad():
+        _, act = margin_lower_bounds(net, lo, hi, torch.tensor([y]), "linear")
+    milp = MILPEncoder(net, (1, 2, 4)).build(
+        lo.flatten().numpy(), hi.flatten().numpy(),
+        {k: (a[0].flatten().numpy(), c[0].flatten().numpy()) for k, (a, c) in act.items()})
+    for j in range(3):
+        if j != y:
+            out = _solve_class(milp.highs(), milp, y, j, 30.0, 1e-5, lambda s: None, stop_early=False)
+            assert out.dual_bound <= ref[j] + 1e-6
+            assert out.primal == pytest.approx(ref[j], abs=1e-5 + 1e-4 * abs(ref[j]))
+    res = verify(net.float(), x.float(), torch.tensor([y]), eps, attack_steps=0, progress=False)[0]
+    assert res.verdict == ("verified" if ref.min() > 1e-4 else "falsified")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planted counterexamples
+# ---------------------------------------------------------------------------------------------------
+def _planted(fire: bool, eps: float = 0.1, d: int = 36) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    """A 1x6x6 -> 10 -> 3 net whose hidden unit 0 fires only near the corner x0 + eps * s; it pushes
+    class 2 over class 0 there. With ``fire=False`` the threshold is out of the ball's reach."""
+    g = torch.Generator().manual_seed(0)
+    x0 = 0.2 + 0.6 * torch.rand(1, 1, 6, 6, generator=g)
+    s = torch.randint(0, 2, (d,), generator=g).float() * 2 - 1
+    net = nn.Sequential(Normalize((0.0,), (1.0,)), nn.Flatten(), nn.Linear(d, 10), nn.ReLU(), nn.Linear(10, 3))
+    with torch.no_grad():
+        net[2].weight.copy_(0.05 * torch.randn(10, d, generator=g))
+        net[2].bias.copy_(0.05 * torch.randn(10, generator=g))
+        reach = eps * d  # s . (x - x0) over the ball
+        t = (0.9 if fire else 1.1) * reach
+        net[2].weight[0] = s
+        net[2].bias[0] = -(s @ x0.flatten()) - t
+        net[4].weight.copy_(0.01 * torch.randn(3, 10, generator=g))
+        net[4].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+        net[4].weight[:, 0] = torch.tensor([0.0, 0.0, 20.0 / (0.1 * reach)])
+    return net.eval(), x0, torch.tensor([0])
+
+
+@pytest.mark.parametrize("bounds", ["linear", "interval"])
+def test_planted_counterexample_is_found_and_replays(bounds):
+    net, x0, y = _planted(fire=True)
+    assert net(x0).argmax(1).item() == 0
+    res = verify(net, x0, y, 0.1, bounds=bounds, attack_steps=0, progress=False)[0]
+    assert res.verdict == "falsified" and res.method == "milp"
+    assert bool(replays(net, res.counterexample[None], x0, y, 0.1)[0])
+    assert float((res.counterexample - x0[0]).abs().max()) <= 0.1
+    # the same net with the trigger out of reach is verified
+    net2, x0, y = _planted(fire=False)
+    res2 = verify(net2, x0, y, 0.1, bounds=bounds, attack_steps=0, progress=False)[0]
+    assert res2.verdict == "verified"
+
+
+def test_counterexamples_replay_before_anything_else():
+    net, x0, y = _planted(fire=True)
+    corner = x0 + 0.1 * torch.sign(net[2].weight[0].detach()).view_as(x0)
+    assert net(corner).argmax(1).item() != 0
+    res = verify(net, x0, y, 0.1, counterexamples=corner, attack_steps=0, progress=False)[0]
+    assert res.verdict == "falsified" and res.method == "attack"
+    # a point outside the ball is no counterexample: the MILP decides instead
+    far = x0 + 0.3 * torch.sign(net[2].weight[0].detach()).view_as(x0)
+    res = verify(net, x0, y, 0.1, counterexamples=[far.clamp(0, 1)[0]], attack_steps=0, progress=False)[0]
+    assert res.method == "milp" and res.verdict == "falsified"
+    # the clean example misclassified: falsified with x itself
+    res = verify(net, x0, torch.tensor([2]), 0.1, progress=False)[0]
+    assert res.verdict == "falsified" and torch.equal(res.counterexample, x0[0])
+
+
+def test_time_limit_is_honoured_and_never_verifies():
+    torch.manual_seed(0)
+    model = build_model("mlp", image_size=6, hidden=(64, 64, 64), num_classes=10)
+    x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    res = verify(model, x, y, 0.3, time_limit=0.3, attack_steps=0, progress=False)
+    for i, r in enumerate(res):
+        assert r.verdict != "verified"
+        assert r.seconds < 0.3 + 2.0
+        if r.verdict == "unknown":
+            assert "time limit" in r.detail
+        else:
+            assert bool(replays(model, r.counterexample[None], x[i:i + 1], y[i:i + 1], 0.3)[0])
+    s = summarize(res)
+    assert s["n"] == 2 and s["verified"] == 0 and s["unknown"] >= 1 and s["timeouts"] == s["unknown"]
+
+
+def test_l2_uses_bounds_only():
+    net, x0, y = _planted(fire=False)
+    r = verify(net, x0, y, 0.01, norm="l2", attack_steps=0, progress=False)[0]
+    assert r.verdict == "verified" and r.method == "bounds"
+    r = verify(net, x0, y, 2.0, norm="l2", attack_steps=0, progress=False)[0]
+    assert r.verdict in ("unknown", "falsified") and r.method != "milp"
+
+
+def test_summary_fields():
+    net, x0, y = _planted(fire=True)
+    net2, _, _ = _planted(fire=False)
+    res = verify(net, x0, y, 0.1, progress=False) + verify(net2, x0, y, 0.1, progress=False)
+    s = summarize(res)
+    assert s["verified"] == 1 and s["falsified"] == 1 and s["decided_fraction"] == 1.0
+    assert s["median_seconds"] == pytest.approx(float(np.median([r.seconds for r in res])))
+    assert math.isfinite(s["p90_seconds"]) and s["unstable_max"] >= 0
+
+
+def test_bad_input_gives_clear_errors():
+    net, x0, y = _planted(fire=True)
+    with pytest.raises(ValueError, match="eps"):
+        verify(net, x0, y, -0.1)
+    with pytest.raises(ValueError, match="norm"):
+        verify(net, x0, y, 0.1, norm="l1")
+    with pytest.raises(ValueError, match="not supported"):
+        verify(nn.Sequential(nn.Flatten(), nn.Linear(36, 3), nn.Sigmoid()), x0, y, 0.1)
+    with pytest.raises(ValueError, match="does not fit"):
+        verify(net, torch.rand(1, 1, 5, 5), y, 0.1)
+    with pytest.raises(ValueError, match="x must be"):
+        verify(net, x0, torch.tensor([0, 1]), 0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        verify(net, x0 + 1.0, y, 0.1)
+    with pytest.raises(ValueError, match="labels"):
+        verify(net, x0, torch.tensor([7]), 0.1)
+    with pytest.raises(ValueError, match="time_limit"):
+        verify(net, x0, y, 0.1, time_limit=0)
+    with pytest.raises(ValueError, match="bound method"):
+        verify(net, x0, y, 0.1, bounds="lp")
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_same_verdicts():
+    net, x0, y = _planted(fire=True)
+    net2, _, _ = _planted(fire=False)
+    x = torch.cat([x0, x0])
+    seq = verify(net, x, torch.tensor([0, 2]), 0.1, progress=False)
+    par = verify(net, x, torch.tensor([0, 2]), 0.1, processes=2, progress=False)
+    assert [r.verdict for r in seq] == [r.verdict for r in par] == ["falsified", "falsified"]
+    assert [r.verdict for r in verify(net2, x, torch.tensor([0, 0]), 0.1, processes=2, progress=False)] == \
+        ["verified", "verified"]
