@@ -8,8 +8,15 @@ import pytest
 import torch
 import torchvision
 
-from robustlib.data import (MissingDataError, augment_crop_flip, check_files, data_root, iterate_batches,
-                            load_split, make_split)
+from robustlib.data import (
+    MissingDataError,
+    augment_crop_flip,
+    check_files,
+    data_root,
+    iterate_batches,
+    load_split,
+    make_split,
+)
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

@@ -16,18 +16,25 @@ LossFn = Callable[[torch.Tensor], torch.Tensor]
 
 def ascend(model: nn.Module, x: torch.Tensor, loss_fn: LossFn, threat: ThreatModel, steps: int,
            step_size: float | None = None, random_start: bool = True,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
     """Maximize ``loss_fn(model(x'))`` over the threat ball around ``x`` by ``steps`` projected
     steepest-ascent steps (Madry et al. 2018; sign steps for L-inf, normalized steps for L2).
 
-    Returns the last iterate, detached, inside the ball and in [0, 1]. ``steps=0`` returns the
-    start point. The model's parameters receive no gradient.
+    The first iterate is ``start`` projected onto the ball if given (e.g. TRADES' x + 0.001 N(0, I)),
+    else a uniformly random point of the ball (``random_start``) or ``x`` itself. Returns the last
+    iterate, detached, inside the ball and in [0, 1]. ``steps=0`` returns the start point. The
+    model's parameters receive no gradient.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     step = threat.default_step_size(steps) if step_size is None else float(step_size)
     x = x.detach()
-    x_adv = threat.random_start(x, generator) if random_start else x.clone()
+    if start is not None:
+        if start.shape != x.shape:
+            raise ValueError(f"start has shape {tuple(start.shape)}, x has {tuple(x.shape)}")
+        x_adv = threat.project(start.detach(), x)
+    else:
+        x_adv = threat.random_start(x, generator) if random_start else x.clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = loss_fn(model(x_adv)).sum()

@@ -129,8 +129,8 @@ class TRADES(Term):
     sign steps (L-inf; normalized for L2) maximizing that KL; the weight is their beta (6 in the paper).
     Reads the clean view, so ``ce`` + ``trades`` is their whole loss.
 
-    Start: uniform in the ball (``ascend``'s random start); the reference starts at x + 0.001 N(0, I),
-    which ``ascend`` cannot express. ``eval_attack`` defaults to True as in the reference code.
+    Start: x + 0.001 N(0, I) projected onto the ball, as in the reference code. ``eval_attack`` defaults
+    to True as in the reference code.
     """
 
     name = "trades"
@@ -146,7 +146,10 @@ class TRADES(Term):
             with torch.no_grad():
                 target = ctx.model(ctx.x)
             kl = lambda logits: kl_divergence(target, logits)  # noqa: E731
-            x_adv = ascend(ctx.model, ctx.x, kl, ctx.threat, self.steps, self.step_size, True, ctx.generator)
+            # TRADES' reference start: x + 0.001 N(0, I) (the KL gradient vanishes at x itself)
+            noise = torch.randn(ctx.x.shape, generator=ctx.generator).to(ctx.x.device, ctx.x.dtype)
+            x_adv = ascend(ctx.model, ctx.x, kl, ctx.threat, self.steps, self.step_size, generator=ctx.generator,
+                           start=ctx.x + 0.001 * noise)
         ctx.add_view("trades", x_adv)
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:

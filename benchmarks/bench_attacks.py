@@ -1,0 +1,138 @@
+"""Attack-speed benchmark: PGD iterations per second of robustlib's ``pgd`` vs torchattacks' PGD and
+pyautoattack's APGD-CE on the same model and points (2 threads), and the wall time of the whole
+attack evaluation of one SmallCNN / MNIST model (PGD curves 20 steps x 10 restarts on a small eps
+grid, AutoAttack L-inf and L2) on 1,000 test points.
+
+    python benchmarks/bench_attacks.py [--checkpoint runs/hamming_stability/model.pt] [--n 1000]
+
+Writes benchmarks/results/attacks.json and benchmarks/results/attacks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from robustlib.attacks import autoattack, pgd
+from robustlib.data import load_split
+from robustlib.io import load_model, write_json
+from robustlib.robustness import robustness_curve
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _acc(model, x, y):
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def iteration_speed(model, x, y, eps: float, steps: int, repeats: int = 3) -> dict:
+    """``steps`` iterations of each attack on the same points (no restarts), best of ``repeats``.
+
+    ``iters_per_s`` = steps / wall time (what a user waits for; robustlib stops attacking examples
+    once fooled); ``example_steps_per_s`` = gradient steps actually executed per example per second
+    (robustlib counts its shrinking active set; the others attack every example every step)."""
+    import torchattacks
+    from pyautoattack.autopgd_base import APGDAttack
+
+    n = len(y)
+    out = {}
+    executed = []
+    g = torch.Generator().manual_seed(0)
+
+    def run_ours():
+        executed.clear()
+        return pgd(model, x, y, eps, "linf", steps=steps, generator=g,
+                   trace=lambda r, t, idx, xa, loss: executed.append(len(idx) if t < steps else 0))
+
+    ta = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    apgd = APGDAttack(model, n_restarts=1, n_iter=steps, eps=eps, norm="Linf", seed=0, device="cpu", loss="ce")
+    runs = (("robustlib.pgd", run_ours, None), ("torchattacks.PGD", lambda: ta(x, y), n * steps),
+            ("pyautoattack.APGD-CE", lambda: apgd.perturb(x, y), n * steps))
+    best: dict = {}
+    for _ in range(repeats):  # interleaved, best of ``repeats``: the cores are shared, load varies
+        for name, fn, work in runs:
+            t0 = time.perf_counter()
+            adv = fn()
+            dt = time.perf_counter() - t0
+            if name not in best or dt < best[name][0]:
+                best[name] = (dt, sum(executed) if work is None else work, _acc(model, adv, y))
+    for name, (dt, done, acc) in best.items():
+        out[name] = {"seconds": dt, "iters_per_s": steps / dt, "example_steps_per_s": done / dt,
+                     "example_steps": done, "robust_acc": acc}
+        print(f"  {name:22s} {dt:7.2f} s  {steps / dt:8.2f} it/s  {done / dt:10.0f} example-steps/s  "
+              f"robust acc {acc:.3f}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="runs/hamming_stability/model.pt")
+    p.add_argument("--data", default="data")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--linf-grid", default="0.1,0.2,0.3")
+    p.add_argument("--l2-grid", default="1.0,2.0")
+    p.add_argument("--skip-autoattack", action="store_true")
+    p.add_argument("--note", default="")
+    args = p.parse_args(argv)
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists():
+        sys.exit(f"error: no checkpoint at {ckpt}. Run `dvc repro` (the train stage writes it) or pass "
+                 f"--checkpoint PATH to a model saved by robustlib.io.save_model.")
+    torch.set_num_threads(args.threads)
+    model = load_model(ckpt)
+    test = load_split("mnist", train=False, root=args.data)
+    idx = torch.arange(args.n)
+    x, y = test.images(idx), test.labels(idx)
+    res: dict = {"checkpoint": str(ckpt), "n": args.n, "threads": args.threads, "clean_acc": _acc(model, x, y),
+                 "torch": torch.__version__, "platform": platform.platform(), "note": args.note}
+    print(f"clean accuracy {res['clean_acc']:.4f} on {args.n} points, {args.threads} threads")
+    res["speed"] = {}
+    for eps in (0.1, 0.3):
+        print(f"PGD-20 L-inf eps={eps}:")
+        res["speed"][f"linf_{eps}"] = iteration_speed(model, x, y, eps, 20)
+
+    t_all = time.perf_counter()
+    timings, curves = {}, []
+    for norm, grid in (("linf", args.linf_grid), ("l2", args.l2_grid)):
+        t0 = time.perf_counter()
+        curve = robustness_curve(model, x, y, norm, [float(e) for e in grid.split(",")], steps=20, restarts=10)
+        timings[f"pgd_curve_{norm}"] = time.perf_counter() - t0
+        curves += curve.to_dict("records")
+        print(f"PGD curve {norm}: {timings[f'pgd_curve_{norm}']:.1f} s\n{curve.to_string(index=False)}", flush=True)
+    if not args.skip_autoattack:
+        for norm, eps in (("linf", 0.3), ("l2", 2.0)):
+            t0 = time.perf_counter()
+            adv = autoattack(model, x, y, eps, norm)
+            timings[f"autoattack_{norm}_{eps}"] = time.perf_counter() - t0
+            curves.append({"norm": norm, "eps": eps, "attack": "autoattack", "robust_acc": _acc(model, adv, y)})
+            print(f"AutoAttack {norm} eps={eps}: {timings[f'autoattack_{norm}_{eps}']:.1f} s, "
+                  f"robust acc {curves[-1]['robust_acc']:.4f}", flush=True)
+    timings["total"] = time.perf_counter() - t_all
+    res["evaluation_seconds"], res["curves"] = timings, curves
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(res, RESULTS / "attacks.json")
+    lines = ["# Attack benchmark\n", f"Checkpoint `{ckpt}`, {args.n} MNIST test points, {args.threads} threads, "
+             f"clean accuracy {res['clean_acc']:.4f}. {args.note}\n",
+             "| setting | attack | seconds | iterations/s | example-steps/s | robust acc |",
+             "|---|---|---|---|---|---|"]
+    for setting, rows in res["speed"].items():
+        for name, r in rows.items():
+            lines.append(f"| PGD-20 {setting} | {name} | {r['seconds']:.2f} | {r['iters_per_s']:.2f} | "
+                         f"{r['example_steps_per_s']:.0f} | {r['robust_acc']:.4f} |")
+    lines += ["", "| evaluation part | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    lines += ["", "| norm | eps | attack | robust acc |", "|---|---|---|---|"]
+    lines += [f"| {c['norm']} | {c['eps']} | {c['attack']} | {c['robust_acc']:.4f} |" for c in curves]
+    (RESULTS / "attacks.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'attacks.json'} and {RESULTS / 'attacks.md'}")
+
+
+if __name__ == "__main__":
+    main()

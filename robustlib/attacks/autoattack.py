@@ -1,0 +1,142 @@
+"""AutoAttack (Croce & Hein 2020) through ``pyautoattack``, the official code on PyPI, with every one
+of its checks made fatal.
+
+``pyautoattack`` runs its checks (randomized defense, softmax output, dynamic defense, number of
+classes) on the first batch only, and only logs a warning. Here they run on EVERY batch before the
+attack, and every warning of AutoAttack's logger (those checks, the Square-stronger-than-gradients
+check at the end) raises ``AttackCheckError`` naming the flag.
+
+Zero gradients are judged per example, on all inputs: APGD's own check sees only the points still
+unbroken in one batch at its random start. A point where the logits' input Jacobian is exactly zero
+is invisible to every gradient attack, so the evaluation is unreliable exactly when such a point is
+counted robust. ``autoattack`` therefore raises ``AttackCheckError("zero_gradients")`` when any
+example that survives every AutoAttack component has a zero Jacobian at its clean input; zero-gradient
+points that some attack breaks anyway (e.g. Square, which needs no gradient) do not fail the run.
+Nothing is imported from ``pyautoattack`` until ``autoattack`` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from robustlib.attacks.common import AttackCheckError, check_count, check_inputs, chunks, eval_mode
+from robustlib.threat import ThreatModel
+
+logger = logging.getLogger(__name__)
+
+VERSIONS = ("standard", "plus", "rand")
+_NORMS = {"linf": "Linf", "l2": "L2"}
+
+# Substrings of pyautoattack's check messages -> the flag named in the error.
+_FLAGS = (
+    ("randomized defense", "randomized"),
+    ("probability distribution", "softmax_output"),
+    ("zero gradient", "zero_gradients"),
+    ("dynamic defense", "dynamic"),
+    ("classes", "n_classes"),
+    ("Square Attack has decreased", "square_stronger"),
+)
+
+
+class _FatalLogger:
+    """Stands in for AutoAttack's logger: debug/info pass through, a warning raises, except the flags
+    in ``deferred``, which are recorded in ``seen`` and judged after the attack."""
+
+    def __init__(self, flag: str | None = None, deferred: tuple[str, ...] = ()) -> None:
+        self.flag = flag
+        self.deferred = deferred
+        self.seen: list[str] = []
+
+    def debug(self, msg: str, *args: object) -> None:
+        logger.debug("autoattack: " + str(msg), *args)
+
+    def info(self, msg: str, *args: object) -> None:
+        logger.info("autoattack: " + str(msg), *args)
+
+    def warning(self, msg: str, *args: object) -> None:
+        msg = str(msg) % args if args else str(msg)
+        flag = self.flag or next((f for key, f in _FLAGS if key in msg), "autoattack_check")
+        if flag in self.deferred:
+            logger.info("autoattack: %s (judged per example after the attack)", msg)
+            self.seen.append(msg)
+            return
+        raise AttackCheckError(flag, f"AutoAttack check failed: {msg}")
+
+    warn = warning
+
+
+def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks_to_run: list[str],
+               apgd_targets: int, fab_targets: int, batch_size: int, randomized_ok: bool = False) -> None:
+    """pyautoattack's defense checks on every batch of ``x``; raises ``AttackCheckError`` on a flag."""
+    from pyautoattack import checks
+
+    n_cls = None
+    for s in chunks(x.shape[0], batch_size):
+        xb, yb = x[s], y[s]
+        if not randomized_ok:
+            checks.check_randomized(model, xb, yb, bs=batch_size, logger=_FatalLogger("randomized"))
+        n_cls = checks.check_range_output(model, xb, logger=_FatalLogger("softmax_output"))
+        for k in checks.funcs:  # pyautoattack never resets these global call counters
+            checks.funcs[k] = 0
+        checks.check_dynamic(model, xb, False, logger=_FatalLogger("dynamic"))
+    if n_cls is not None:
+        checks.check_n_classes(n_cls, attacks_to_run, apgd_targets, fab_targets, logger=_FatalLogger("n_classes"))
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
+               version: str = "standard", seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """AutoAttack ``version`` (standard: APGD-CE, APGD-T, FAB-T, Square) in the ``norm`` ball of radius
+    ``eps``. Returns a point for every example: the adversarial point where an attack succeeded, the
+    clean input otherwise (robust, or already misclassified). Raises ``AttackCheckError`` when any
+    of AutoAttack's checks flags the model on any batch."""
+    threat = ThreatModel(norm, eps)
+    check_inputs(x, y)
+    if version not in VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {version!r}; expected one of {VERSIONS}")
+    batch_size = check_count("batch_size", batch_size, 1)
+    from pyautoattack import AutoAttack
+
+    x = x.detach()
+    if x.shape[0] == 0 or threat.eps == 0:
+        return x.clone()
+    device = x.device
+    with eval_mode(model):
+        aa = AutoAttack(model, device=device, eps=float(eps), norm=_NORMS[norm], seed=int(seed), version=version)
+        fatal = _FatalLogger(deferred=("zero_gradients",))
+        aa.logger = fatal
+        aa.apgd.logger = fatal
+        aa.apgd_targeted.logger = fatal
+        run_checks(model, x, y, aa.attacks_to_run, aa.apgd_targeted.n_target_classes,
+                   aa.fab.n_target_classes, batch_size, randomized_ok=version == "rand")
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+    x_adv = threat.project(x_adv.to(x.dtype), x)  # exact ball/box membership (AutoAttack's own is up to fp error)
+    with eval_mode(model), torch.no_grad():
+        survived = torch.cat([model(x_adv[s]).argmax(1) == y[s] for s in chunks(x.shape[0], batch_size)])
+    blind = survived.clone()
+    if bool(survived.any()):
+        blind[survived] = zero_jacobian(model, x[survived])
+    if bool(blind.any()):
+        idx = blind.nonzero().flatten().tolist()
+        raise AttackCheckError("zero_gradients", f"{len(idx)} example(s) (positions {idx[:10]}) survived every "
+                               "AutoAttack component with an exactly zero input Jacobian of the logits: gradient "
+                               "attacks cannot see them, so their robustness is not established")
+    return x_adv.detach()
+
+
+def zero_jacobian(model: nn.Module, x: torch.Tensor, probes: int = 3, seed: int = 0) -> torch.Tensor:
+    """Per example: is the input Jacobian of the logits exactly zero? Tested through ``probes`` random
+    projections r (J^T r = 0 for random r almost surely only when J = 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    zero = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    with eval_mode(model):
+        xg = x.detach().clone().requires_grad_(True)
+        out = model(xg)
+        for _ in range(probes):
+            r = torch.randn(out.shape, generator=gen).to(out.device, out.dtype)
+            (g,) = torch.autograd.grad((out * r).sum(), xg, retain_graph=True)
+            zero &= g.flatten(1).abs().amax(1) == 0
+    return zero

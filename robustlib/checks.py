@@ -1,0 +1,160 @@
+"""Sanity checks of an adversarial evaluation (Carlini et al. 2019, "On evaluating adversarial
+robustness", sec. 5 checklist). Each check raises ``SanityCheckError`` naming the check and what
+went wrong, and returns a small dict of the numbers it looked at when it passes.
+
+An attack here is any callable ``attack(model, x, y, eps=..., norm=..., **budget) -> x_adv`` (e.g.
+``robustlib.attacks.pgd``, whose budget keywords are ``steps`` and ``restarts``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from robustlib.attacks.common import eval_mode
+from robustlib.evaluate import predict
+from robustlib.threat import ThreatModel
+
+logger = logging.getLogger(__name__)
+
+AttackFn = Callable[..., torch.Tensor]
+
+
+class SanityCheckError(AssertionError):
+    """An evaluation sanity check failed; ``check`` names it."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"sanity check '{check}' failed: {message}")
+        self.check = check
+
+
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:
+    """Fraction of examples classified correctly both clean and at ``x_adv`` (fresh eval-mode forward)."""
+    with eval_mode(model):
+        ok = (predict(model, x) == y) & (predict(model, x_adv) == y)
+    return float(ok.float().mean())
+
+
+def check_points(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel, name: str = "attack",
+                 tol: float = 1e-6) -> dict[str, Any]:
+    """Every adversarial point is finite, in [0, 1] and inside the threat ball around its clean point."""
+    if x_adv.shape != x.shape:
+        raise SanityCheckError("points", f"{name} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    finite = torch.isfinite(x_adv).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten()
+        raise SanityCheckError("points", f"{name} returned {len(bad)} non-finite points "
+                               f"(first: example {int(bad[0])})")
+    in_box = ((x_adv >= -tol) & (x_adv <= 1 + tol)).flatten(1).all(1)
+    if not bool(in_box.all()):
+        bad = (~in_box).nonzero().flatten()
+        raise SanityCheckError("points", f"{name} returned {len(bad)} points outside [0, 1] "
+                               f"(first: example {int(bad[0])}, "
+                               f"range [{float(x_adv.min()):.4g}, {float(x_adv.max()):.4g}])")
+    norms = threat.norm_of(x_adv - x)
+    outside = norms > threat.eps * (1 + 1e-5) + tol
+    if bool(outside.any()):
+        bad = outside.nonzero().flatten()
+        raise SanityCheckError("points", f"{name} returned {len(bad)} points outside the {threat.norm} ball "
+                               f"of radius "
+                               f"{threat.eps} (largest norm {float(norms.max()):.6g}, first: example {int(bad[0])})")
+    return {"max_norm": float(norms.max()) if len(norms) else 0.0}
+
+
+def check_flags_agree(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, robust: torch.Tensor | Sequence[bool],
+                      clean_correct: torch.Tensor | Sequence[bool] | None = None,
+                      name: str = "attack") -> dict[str, Any]:
+    """The stored per-example ``robust`` flags agree with a fresh eval-mode forward on the adversarial
+    points: an example may only be "robust" if the model still classifies ``x_adv`` correctly (and
+    ``clean_correct``, if given), and every correct prediction on a clean-correct example is robust."""
+    robust = torch.as_tensor(robust, dtype=torch.bool)
+    with eval_mode(model):
+        fresh = (predict(model, x_adv) == y).cpu()
+    if clean_correct is not None:
+        fresh &= torch.as_tensor(clean_correct, dtype=torch.bool)
+    disagree = (fresh != robust).nonzero().flatten()
+    if len(disagree):
+        claimed = int((robust & ~fresh).sum())
+        raise SanityCheckError("flags", f"{name}: {len(disagree)} stored robust flags disagree with a fresh eval-mode "
+                               f"forward ({claimed} claimed robust but misclassified; "
+                               f"first: example {int(disagree[0])})")
+    return {"robust_acc": float(robust.float().mean()) if len(robust) else float("nan")}
+
+
+def check_monotone_in_eps(curve: pd.DataFrame, tol: float = 0.0) -> dict[str, Any]:
+    """Robust accuracy is non-increasing in eps for every (norm, attack) of a tidy curve
+    (columns norm, eps, attack, robust_acc); ``tol`` is an allowed increase (fraction)."""
+    for (norm, attack), grp in curve.groupby(["norm", "attack"]):
+        grp = grp.sort_values("eps")
+        inc = grp["robust_acc"].diff() > tol
+        if bool(inc.any()):
+            i = int(inc.to_numpy().nonzero()[0][0])
+            e0, e1 = grp["eps"].iloc[i - 1], grp["eps"].iloc[i]
+            a0, a1 = grp["robust_acc"].iloc[i - 1], grp["robust_acc"].iloc[i]
+            raise SanityCheckError("monotone_eps", f"{attack} ({norm}): robust accuracy rises from {a0:.4f} "
+                                   f"at eps={e0} to {a1:.4f} at eps={e1}")
+    return {"groups": int(curve.groupby(["norm", "attack"]).ngroups)}
+
+
+def check_large_eps(attack: AttackFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
+                    num_classes: int, tol: float = 0.05, **budget: Any) -> dict[str, Any]:
+    """At a very large eps (e.g. 1.0 for L-inf, where any image is reachable) robust accuracy is at
+    most chance level ``1 / num_classes`` plus ``tol``."""
+    threat = ThreatModel(norm, eps)
+    x_adv = attack(model, x, y, eps=eps, norm=norm, **budget)
+    check_points(x, x_adv, threat, "large-eps attack")
+    acc = robust_accuracy(model, x, y, x_adv)
+    if acc > 1.0 / num_classes + tol:
+        raise SanityCheckError("large_eps", f"robust accuracy {acc:.4f} at eps={eps} ({norm}) is above chance "
+                               f"{1.0 / num_classes:.4f} + {tol}: the attack is not unbounded-strong")
+    return {"robust_acc": acc, "eps": eps}
+
+
+def check_budget_converged(attack: AttackFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                           steps: int, restarts: int, tol: float = 0.005, seed: int = 0) -> dict[str, Any]:
+    """Doubling ``steps`` or ``restarts`` changes robust accuracy by at most ``tol`` (0.005 = 0.5 points)."""
+    def run(s: int, r: int) -> float:
+        x_adv = attack(model, x, y, eps=threat.eps, norm=threat.norm, steps=s, restarts=r,
+                       generator=torch.Generator(device=x.device).manual_seed(seed))
+        check_points(x, x_adv, threat, f"attack with steps={s}, restarts={r}")
+        return robust_accuracy(model, x, y, x_adv)
+
+    base = run(steps, restarts)
+    out = {"base": base, "double_steps": run(2 * steps, restarts), "double_restarts": run(steps, 2 * restarts)}
+    for key in ("double_steps", "double_restarts"):
+        if abs(out[key] - base) > tol:
+            raise SanityCheckError("budget", f"{key.replace('_', ' ')} changes robust accuracy from {base:.4f} to "
+                                   f"{out[key]:.4f} (more than {tol}): the attack has not converged")
+    return out
+
+
+def check_pgd_below_fgsm(pgd_attack: AttackFn, fgsm_attack: AttackFn, model: nn.Module, x: torch.Tensor,
+                         y: torch.Tensor, threat: ThreatModel, tol: float = 0.0, **budget: Any) -> dict[str, Any]:
+    """An iterative attack is at least as strong as a single step: robust accuracy under PGD is at
+    most FGSM's (+ ``tol``)."""
+    x_pgd = pgd_attack(model, x, y, eps=threat.eps, norm=threat.norm, **budget)
+    x_fgsm = fgsm_attack(model, x, y, eps=threat.eps, norm=threat.norm)
+    check_points(x, x_pgd, threat, "PGD")
+    check_points(x, x_fgsm, threat, "FGSM")
+    a_pgd, a_fgsm = robust_accuracy(model, x, y, x_pgd), robust_accuracy(model, x, y, x_fgsm)
+    if a_pgd > a_fgsm + tol:
+        raise SanityCheckError("pgd_vs_fgsm", f"PGD robust accuracy {a_pgd:.4f} exceeds FGSM's {a_fgsm:.4f} "
+                               f"at eps={threat.eps} ({threat.norm})")
+    return {"pgd": a_pgd, "fgsm": a_fgsm}
+
+
+def check_undefended(attack: AttackFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                     max_acc: float = 0.02, **budget: Any) -> dict[str, Any]:
+    """An undefended (plainly trained) model is driven to about 0% robust accuracy at the standard eps."""
+    x_adv = attack(model, x, y, eps=threat.eps, norm=threat.norm, **budget)
+    check_points(x, x_adv, threat, "attack on the undefended model")
+    acc = robust_accuracy(model, x, y, x_adv)
+    if acc > max_acc:
+        raise SanityCheckError("undefended", f"an undefended model keeps {acc:.4f} robust accuracy at eps={threat.eps} "
+                               f"({threat.norm}); expected <= {max_acc}: the attack is too weak")
+    return {"robust_acc": acc}

@@ -1,0 +1,118 @@
+"""Worst-case, per-example robustness evaluation used by the attack stage.
+
+``evaluate_attacks`` runs named attacks and returns one row per example: ``index`` (test index),
+``clean_correct``, ``robust_<attack>`` per attack, and ``robust_all`` = clean-correct AND every attack
+failed (DESIGN.md convention 9). Flags come from a fresh eval-mode forward on the returned points.
+``robustness_curve`` gives robust accuracy against eps as a tidy table (norm, eps, attack, robust_acc).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustlib.attacks import autoattack as run_autoattack
+from robustlib.attacks import fgsm, pgd
+from robustlib.attacks.common import NotApplicable, check_inputs, eval_mode
+from robustlib.checks import check_points
+from robustlib.evaluate import predict
+from robustlib.io import atomic_write
+from robustlib.threat import ThreatModel
+
+logger = logging.getLogger(__name__)
+
+Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``attack(model, x, y) -> x_adv`` with every other setting bound (e.g. ``functools.partial``)."""
+
+
+def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, Attack],
+                     index: Sequence[int] | None = None, threats: Mapping[str, ThreatModel] | None = None,
+                     points: dict[str, torch.Tensor] | None = None, batch_size: int = 500) -> pd.DataFrame:
+    """Run every attack and tabulate per-example robustness (see module docstring).
+
+    ``threats[name]``, if given, is checked on that attack's points (finite, [0, 1], in the ball).
+    An attack raising ``NotApplicable`` gets no column; its reason is logged and kept in
+    ``table.attrs["not_applicable"]``. ``points``, if a dict, receives each attack's points.
+    """
+    check_inputs(x, y)
+    for name in attacks:
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"attack names must be alphanumeric (with - or _), got {name!r}")
+    index = list(range(len(y))) if index is None else [int(i) for i in index]
+    if len(index) != len(y):
+        raise ValueError(f"index has {len(index)} entries for {len(y)} examples")
+    with eval_mode(model):
+        clean = (predict(model, x, batch_size) == y.to("cpu")).cpu()
+    table = pd.DataFrame({"index": index, "clean_correct": clean.numpy()})
+    n_a: dict[str, str] = {}
+    robust_all = clean.clone()
+    for name, attack in tqdm(attacks.items(), desc="attacks", leave=False):
+        try:
+            x_adv = attack(model, x, y)
+        except NotApplicable as err:
+            logger.info("%s: n/a (%s)", name, err)
+            n_a[name] = str(err)
+            continue
+        if threats and name in threats:
+            check_points(x, x_adv, threats[name], name)
+        with eval_mode(model):
+            robust = clean & (predict(model, x_adv, batch_size) == y.to("cpu")).cpu()
+        table[f"robust_{name}"] = robust.numpy()
+        robust_all &= robust
+        if points is not None:
+            points[name] = x_adv.detach()
+        logger.info("%s: robust accuracy %.4f", name, float(robust.float().mean()))
+    table["robust_all"] = robust_all.numpy()
+    table.attrs["not_applicable"] = n_a
+    return table
+
+
+def save_results(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a per-example table as CSV (atomically)."""
+    atomic_write(path, lambda p: table.to_csv(p, index=False))
+
+
+def load_results(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a per-example table written by ``save_results`` (boolean columns restored)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"missing {path}: run the attack stage first (`dvc repro`)")
+    table = pd.read_csv(path)
+    for col in table.columns:
+        if col == "clean_correct" or col.startswith("robust_"):
+            table[col] = table[col].astype(bool)
+    return table
+
+
+def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps_grid: Sequence[float],
+                     steps: int = 20, restarts: int = 10, autoattack: bool = False, with_fgsm: bool = True,
+                     seed: int = 0, aa_version: str = "standard", batch_size: int = 1000) -> pd.DataFrame:
+    """Robust accuracy against eps: PGD (``steps`` x ``restarts``, step 2.5 eps / steps), optionally FGSM
+    and AutoAttack, as a tidy table with columns norm, eps, attack, robust_acc (attack is ``pgd``,
+    ``fgsm`` or ``autoattack``). Every point is checked to lie in its ball."""
+    eps_grid = [float(e) for e in eps_grid]
+    for e in eps_grid:
+        ThreatModel(norm, e)  # validates norm and eps before any compute
+    rows = []
+    for eps in tqdm(eps_grid, desc=f"{norm} curve", leave=False):
+        threat = ThreatModel(norm, eps)
+        attacks: dict[str, Attack] = {
+            "pgd": partial(pgd, eps=eps, norm=norm, steps=steps, restarts=restarts, batch_size=batch_size,
+                           generator=torch.Generator(device=x.device).manual_seed(seed))}
+        if with_fgsm:
+            attacks["fgsm"] = partial(fgsm, eps=eps, norm=norm)
+        if autoattack:
+            attacks["autoattack"] = partial(run_autoattack, eps=eps, norm=norm, version=aa_version, seed=seed)
+        table = evaluate_attacks(model, x, y, attacks, threats={k: threat for k in attacks})
+        for name in attacks:
+            rows.append({"norm": norm, "eps": eps, "attack": name,
+                         "robust_acc": float(table[f"robust_{name}"].mean())})
+    return pd.DataFrame(rows, columns=["norm", "eps", "attack", "robust_acc"])

@@ -1,0 +1,295 @@
+"""FGSM, PGD, transfer and AutoAttack against independent references: torchattacks' PGD iterates,
+closed forms / brute force on linear models, recomputation of the best point from the trace, and
+pyautoattack's checks made fatal on every batch."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlib.attacks import AttackCheckError, autoattack, fgsm, pgd, transfer
+from robustlib.attacks.autoattack import zero_jacobian
+from robustlib.data import load_split
+from robustlib.models import build_model
+
+torch.set_num_threads(1)
+
+
+def _train(seed: int, n: int = 800, epochs: int = 3) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    data = load_split("mnist", train=True, root="data")
+    x, y = data.images(torch.arange(n)), data.labels(torch.arange(n))
+    torch.manual_seed(seed)
+    model = build_model("smallcnn", mean=(0.1307,), std=(0.3081,), width=32)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for i in range(0, n, 50):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 50]), y[i:i + 50]).backward()
+            opt.step()
+    return model.eval(), x, y
+
+
+@pytest.fixture(scope="module")
+def net():
+    model, _, _ = _train(0)
+    test = load_split("mnist", train=False, root="data")
+    idx = torch.arange(64)
+    return model, test.images(idx), test.labels(idx)
+
+
+def _acc(model, x, y):
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_pgd_iterates_match_torchattacks(net, norm, eps):
+    """Without random start, every iterate of an example still attacked equals torchattacks' iterate."""
+    import torchattacks
+
+    model, x, y = net
+    x, y = x[:24], y[:24]
+    steps, alpha = 6, eps / 3
+    seen = {}
+
+    def trace(r, t, idx, xa, loss):
+        seen[t] = (idx.clone(), xa.clone())
+
+    pgd(model, x, y, eps, norm, steps=steps, step_size=alpha, random_start=False, trace=trace)
+    assert len(seen) >= 3
+    for t, (idx, xa) in seen.items():
+        if t == 0:
+            ref = x
+        elif norm == "linf":
+            ref = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=t, random_start=False)(x, y)
+        else:
+            ref = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=t, random_start=False)(x, y)
+        # L-inf: sign steps make the iterates identical up to float error; L2 iterates drift by float
+        # error only (torchattacks averages the loss over the whole batch, we sum over the active set)
+        torch.testing.assert_close(xa, ref[idx], atol=2e-5 if norm == "linf" else 1e-3, rtol=0)
+
+
+def _linear(w: torch.Tensor, b: torch.Tensor) -> nn.Module:
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+def test_fgsm_linear_closed_form_and_brute_force():
+    """Binary linear classifier: CE is increasing in (w_j - w_y).x, so the optimal L-inf perturbation is
+    eps * sign(w_j - w_y), the best of the 4 cube corners; the optimal L2 one is eps * u/||u||."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        w, b = torch.randn(2, 2, generator=g), torch.randn(2, generator=g)
+        model = _linear(w, b)
+        x = 0.3 + 0.4 * torch.rand(1, 1, 1, 2, generator=g)
+        y = torch.randint(0, 2, (1,), generator=g)
+        eps = 0.2
+        u = (w[1 - y] - w[y]).view(1, 1, 1, 2)
+        corners = torch.tensor(list(itertools.product([-eps, eps], repeat=2))).view(4, 1, 1, 2)
+        ce = F.cross_entropy(model(x + corners), y.expand(4), reduction="none")
+        best = x + corners[ce.argmax()]
+        adv = fgsm(model, x, y, eps)
+        torch.testing.assert_close(adv, best)
+        torch.testing.assert_close(adv, x + eps * u.sign())
+        adv2 = fgsm(model, x, y, eps, "l2")
+        torch.testing.assert_close(adv2, x + eps * u / u.norm())
+        angles = torch.linspace(0, 2 * torch.pi, 3601)
+        circle = eps * torch.stack([angles.cos(), angles.sin()], 1).view(-1, 1, 1, 2)
+        ce2 = F.cross_entropy(model(x + circle), y.expand(len(angles)), reduction="none")
+        assert float(F.cross_entropy(model(adv2), y).detach()) >= float(ce2.max().detach()) - 1e-4
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.08), ("l2", 0.8)])
+def test_pgd_keeps_most_adversarial_point(net, norm, eps):
+    """Reference: the full trace. A fooled example returns its first misclassified iterate and is never
+    stepped again; an example never fooled returns its highest-loss iterate over steps and restarts;
+    clean-misclassified examples are returned unchanged and never attacked."""
+    model, x, y = net
+    x, y = x[:32], y[:32]
+    log = []
+
+    def trace(r, t, idx, xa, loss):
+        with torch.no_grad():
+            log.append((r, t, idx.clone(), xa.clone(), loss.clone(), model(xa).argmax(1) != y[idx]))
+
+    adv = pgd(model, x, y, eps, norm, steps=6, restarts=3, generator=torch.Generator().manual_seed(0), trace=trace)
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+        adv_pred = model(adv).argmax(1)
+    for i in range(len(y)):
+        pts = [(xa[k], lo[k], bool(fo[k])) for r, t, idx, xa, lo, fo in log
+               for k in (idx == i).nonzero().flatten().tolist()]
+        if not clean_ok[i]:
+            assert not pts and torch.equal(adv[i], x[i])
+            continue
+        fooled = [p[2] for p in pts]
+        if any(fooled):
+            first = fooled.index(True)
+            assert first == len(pts) - 1, "example stepped after being fooled"
+            assert torch.equal(adv[i], pts[first][0]) and adv_pred[i] != y[i]
+        else:
+            assert len(pts) == 3 * 7
+            k = max(range(len(pts)), key=lambda j: float(pts[j][1]))
+            assert torch.equal(adv[i], pts[k][0])
+    # the active set shrinks: later restarts attack only survivors
+    per_restart = [sum(len(idx) for r, t, idx, *_ in log if r == rr and t == 0) for rr in range(3)]
+    assert per_restart[0] >= per_restart[1] >= per_restart[2]
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("linf", 0.3), ("l2", 0.5), ("l2", 3.0)])
+def test_pgd_points_in_ball_box_finite(net, norm, eps):
+    model, x, y = net
+    x, y = x[:32], y[:32]
+    adv = pgd(model, x, y, eps, norm, steps=5, restarts=2, step_size=eps, generator=torch.Generator().manual_seed(0))
+    d = (adv - x).flatten(1)
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    assert torch.isfinite(adv).all() and adv.min() >= 0 and adv.max() <= 1
+    assert (size <= eps * (1 + 1e-5) + 1e-6).all()
+    assert _acc(model, adv, y) < _acc(model, x, y)
+
+
+def test_pgd_stronger_than_fgsm_and_eval_mode(net):
+    model, x, y = net
+    drop = nn.Sequential(model, nn.Dropout(0.5)).train()
+    a = pgd(drop, x, y, 0.1, steps=10, restarts=2, generator=torch.Generator().manual_seed(0))
+    b = pgd(drop, x, y, 0.1, steps=10, restarts=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and drop.training and drop[1].training  # eval mode inside, restored after
+    assert _acc(model, a, y) <= _acc(model, fgsm(model, x, y, 0.1), y)
+    assert _acc(model, pgd(model, x, y, 0.3, steps=20), y) == 0.0
+
+
+def test_bad_input_raises(net):
+    model, x, y = net
+    with pytest.raises(ValueError, match="eps"):
+        pgd(model, x, y, -0.1)
+    with pytest.raises(ValueError, match="norm"):
+        pgd(model, x, y, 0.1, norm="l1")
+    with pytest.raises(ValueError, match="steps"):
+        pgd(model, x, y, 0.1, steps=-1)
+    with pytest.raises(ValueError, match="restarts"):
+        pgd(model, x, y, 0.1, restarts=0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fgsm(model, x * 2, y, 0.1)
+    with pytest.raises(ValueError, match="version"):
+        autoattack(model, x, y, 0.1, version="fast")
+
+
+def test_transfer_black_box(net):
+    """Crafted on a source net, the points lower a separately trained target's accuracy, less than
+    white-box PGD on the target does."""
+    target, x, y = net
+    source, _, _ = _train(1, epochs=2)
+    adv = transfer(source, target, x, y, 0.2, "linf", steps=10, restarts=1, generator=torch.Generator().manual_seed(0))
+    assert ((adv - x).abs().amax() <= 0.2 + 1e-6) and adv.min() >= 0 and adv.max() <= 1
+    white = pgd(target, x, y, 0.2, steps=10, generator=torch.Generator().manual_seed(0))
+    assert _acc(source, adv, y) < 0.2
+    assert _acc(target, white, y) <= _acc(target, adv, y) < _acc(target, x, y)
+    with pytest.raises(ValueError, match="classes"):
+        transfer(nn.Sequential(nn.Flatten(), nn.Linear(784, 3)), target, x, y, 0.1)
+
+
+# --- AutoAttack -------------------------------------------------------------------------------------
+def test_autoattack_points(net):
+    model, x, y = net
+    x, y = x[:16], y[:16]
+    adv = autoattack(model, x, y, 0.3, "linf", batch_size=8)
+    assert adv.shape == x.shape and torch.isfinite(adv).all() and adv.min() >= 0 and adv.max() <= 1
+    assert (adv - x).abs().amax() <= 0.3 + 1e-6
+    assert _acc(model, adv, y) == 0.0
+
+
+class _Softmax(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x).softmax(1)
+
+
+class _NoisyOnMarked(nn.Module):
+    """Random only on inputs whose first pixel is exactly 1 (placed in the second batch only)."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        out = self.m(x)
+        marked = (x.flatten(1)[:, 0] == 1.0).float()[:, None]
+        return out + marked * torch.randn_like(out)
+
+
+class _Dynamic(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            g = torch.autograd.grad(self.m(xg).sum(), xg)[0]
+        return self.m(x + 0 * g)
+
+
+class _Quantized(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(torch.round(x * 4) / 4)
+
+
+class _ConstantWhenBright(nn.Module):
+    """Constant logits (favouring class ``c``) on bright images: zero Jacobian in a whole ball there."""
+
+    def __init__(self, m, c):
+        super().__init__()
+        self.m, self.c = m, c
+
+    def forward(self, x):
+        out = self.m(x)
+        const = torch.full_like(out, -5.0)
+        const[:, self.c] = 5.0
+        bright = (x.flatten(1).mean(1) > 0.6)[:, None]
+        return torch.where(bright, const, out)
+
+
+def test_zero_gradient_point_counted_robust_is_fatal(net):
+    model, x, y = net
+    x, y = x[:8].clone(), y[:8].clone()
+    x[5], y[5] = 1.0, 3  # a bright image of class 3: constant, correct and gradient-free in its whole ball
+    with pytest.raises(AttackCheckError) as err:
+        autoattack(_ConstantWhenBright(model, 3), x, y, 0.3, "linf", batch_size=4)
+    assert err.value.flag == "zero_gradients" and "positions [5]" in str(err.value)
+
+
+def test_zero_gradient_points_not_counted_robust_do_not_fail(net):
+    """The same gradient-free bright image, but of another class: it is misclassified, so no robustness
+    claim rests on a blind gradient and the run goes on; ``zero_jacobian`` still sees it."""
+    model, x, y = net
+    x, y = x[:8].clone(), y[:8].clone()
+    x[5], y[5] = 1.0, 4
+    wrapped = _ConstantWhenBright(model, 3)
+    x_adv = autoattack(wrapped, x, y, 0.3, "linf", batch_size=4)
+    assert x_adv.shape == x.shape
+    assert zero_jacobian(wrapped, x).tolist() == [i == 5 for i in range(8)]
+
+
+@pytest.mark.parametrize("wrapper,flag", [(_Softmax, "softmax_output"), (_NoisyOnMarked, "randomized"),
+                                          (_Dynamic, "dynamic")])
+def test_autoattack_checks_are_fatal(net, wrapper, flag):
+    model, x, y = net
+    x = x[:8].clone()
+    x[6, 0, 0, 0] = 1.0  # second batch (batch_size=4) only: pyautoattack's own check sees batch 1 only
+    with pytest.raises(AttackCheckError) as err:
+        autoattack(wrapper(model), x, y[:8], 0.3, "linf", batch_size=4)
+    assert err.value.flag == flag and f"[{flag}]" in str(err.value)

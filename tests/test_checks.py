@@ -1,0 +1,184 @@
+"""Carlini et al. (2019) sanity checks: each one fails on a planted broken attack (zero steps, no
+projection, NaN points, false robustness claims, a capped eps, a step too small to converge) and
+passes on the real PGD. Also the per-example evaluation table of ``robustlib.robustness``."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustlib import checks
+from robustlib.attacks import NotApplicable, fgsm, pgd, recoloradv
+from robustlib.checks import SanityCheckError
+from robustlib.data import load_split
+from robustlib.models import build_model
+from robustlib.robustness import evaluate_attacks, load_results, robustness_curve, save_results
+from robustlib.threat import ThreatModel
+
+torch.set_num_threads(1)
+STD = ThreatModel("linf", 0.3)  # the standard MNIST eps
+
+
+@pytest.fixture(scope="module")
+def net():
+    """An undefended SmallCNN trained briefly on 1,000 MNIST images, and 64 test points."""
+    train = load_split("mnist", train=True, root="data")
+    x, y = train.images(torch.arange(1000)), train.labels(torch.arange(1000))
+    torch.manual_seed(0)
+    model = build_model("smallcnn", mean=(0.1307,), std=(0.3081,), width=32)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(3):
+        for i in range(0, 1000, 50):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 50]), y[i:i + 50]).backward()
+            opt.step()
+    test = load_split("mnist", train=False, root="data")
+    return model.eval(), test.images(torch.arange(48)), test.labels(torch.arange(48))
+
+
+def real(model, x, y, eps, norm, steps=10, restarts=1, generator=None):
+    return pgd(model, x, y, eps, norm, steps=steps, restarts=restarts,
+               generator=generator or torch.Generator().manual_seed(0))
+
+
+# planted broken attacks --------------------------------------------------------------------------
+def zero_steps(model, x, y, eps, norm, **kw):
+    return real(model, x, y, eps, norm, **{**kw, "steps": 0})
+
+
+def no_projection(model, x, y, eps, norm, **kw):
+    return (x + 2 * eps * (torch.rand_like(x) - 0.5).sign()).clamp(0, 1)
+
+
+def returns_nan(model, x, y, eps, norm, **kw):
+    out = real(model, x, y, eps, norm, **kw)
+    out[3] = float("nan")
+    return out
+
+
+def capped_eps(model, x, y, eps, norm, **kw):
+    return real(model, x, y, min(eps, 0.05), norm, **kw)
+
+
+def shrinking_eps(model, x, y, eps, norm, **kw):
+    return real(model, x, y, eps if eps <= 0.1 else eps / 10, norm, **kw)
+
+
+def tiny_step(model, x, y, eps, norm, steps=20, restarts=1, generator=None):
+    return pgd(model, x, y, eps, norm, steps=steps, restarts=restarts, step_size=eps / 20, generator=generator)
+
+
+# ------------------------------------------------------------------------------------------------
+def test_points_check(net):
+    model, x, y = net
+    checks.check_points(x, real(model, x, y, 0.3, "linf"), STD)
+    with pytest.raises(SanityCheckError, match="outside the linf ball"):
+        checks.check_points(x, no_projection(model, x, y, 0.3, "linf"), STD)
+    with pytest.raises(SanityCheckError, match="non-finite"):
+        checks.check_points(x, returns_nan(model, x, y, 0.3, "linf"), STD)
+    with pytest.raises(SanityCheckError, match=r"outside \[0, 1\]"):
+        checks.check_points(x, x + 0.01, ThreatModel("linf", 0.1))
+
+
+def test_flags_check(net):
+    model, x, y = net
+    adv = real(model, x, y, 0.1, "linf")
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+        honest = clean & (model(adv).argmax(1) == y)
+    checks.check_flags_agree(model, adv, y, honest, clean)
+    with pytest.raises(SanityCheckError, match="claimed robust"):
+        checks.check_flags_agree(model, adv, y, torch.ones_like(honest), clean)  # claims robustness falsely
+    # flags from a train-mode forward of a model with dropout disagree with the eval-mode forward
+    drop = torch.nn.Sequential(model, torch.nn.Dropout(0.9)).train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        train_flags = drop(adv).argmax(1) == y
+    with pytest.raises(SanityCheckError, match="disagree"):
+        checks.check_flags_agree(drop, adv, y, train_flags)
+    assert drop.training
+
+
+def _curve(attack, model, x, y, grid):
+    return pd.DataFrame([{"norm": "linf", "eps": e, "attack": "a",
+                          "robust_acc": checks.robust_accuracy(model, x, y, attack(model, x, y, e, "linf"))}
+                         for e in grid])
+
+
+def test_monotone_check(net):
+    model, x, y = net
+    grid = [0.0, 0.1, 0.3]
+    checks.check_monotone_in_eps(robustness_curve(model, x, y, "linf", grid, steps=5, restarts=1))
+    with pytest.raises(SanityCheckError, match="rises"):
+        checks.check_monotone_in_eps(_curve(shrinking_eps, model, x, y, grid))
+
+
+def test_large_eps_check(net):
+    model, x, y = net
+    out = checks.check_large_eps(real, model, x, y, "linf", 1.0, num_classes=10)
+    assert out["robust_acc"] <= 0.15
+    with pytest.raises(SanityCheckError, match="chance"):
+        checks.check_large_eps(capped_eps, model, x, y, "linf", 1.0, num_classes=10)
+
+
+def test_budget_check(net):
+    model, x, y = net
+    checks.check_budget_converged(real, model, x, y, STD, steps=10, restarts=1)
+    with pytest.raises(SanityCheckError, match="not converged"):
+        checks.check_budget_converged(tiny_step, model, x[:32], y[:32], STD, steps=5, restarts=1)
+
+
+def test_pgd_vs_fgsm_check(net):
+    model, x, y = net
+    checks.check_pgd_below_fgsm(real, fgsm, model, x, y, ThreatModel("linf", 0.1))
+    with pytest.raises(SanityCheckError, match="exceeds FGSM"):
+        checks.check_pgd_below_fgsm(zero_steps, fgsm, model, x, y, ThreatModel("linf", 0.1))
+
+
+def test_undefended_check(net):
+    model, x, y = net
+    checks.check_undefended(real, model, x, y, STD)
+    with pytest.raises(SanityCheckError, match="too weak"):
+        checks.check_undefended(zero_steps, model, x, y, STD)
+    with pytest.raises(SanityCheckError, match="outside"):  # points are validated first
+        checks.check_undefended(no_projection, model, x, y, STD)
+
+
+# --- robustness tables ----------------------------------------------------------------------------
+def test_evaluate_attacks_worst_case_table(net, tmp_path):
+    model, x, y = net
+    attacks = {"fgsm": partial(fgsm, eps=0.1), "pgd": partial(pgd, eps=0.1, steps=10),
+               "recoloradv": recoloradv}
+    pts: dict = {}
+    table = evaluate_attacks(model, x, y, attacks, index=range(100, 148),
+                             threats={"fgsm": ThreatModel("linf", 0.1), "pgd": ThreatModel("linf", 0.1)}, points=pts)
+    assert list(table.columns) == ["index", "clean_correct", "robust_fgsm", "robust_pgd", "robust_all"]
+    assert "3-channel" in table.attrs["not_applicable"]["recoloradv"]
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).numpy()
+        ok = {k: (model(v).argmax(1) == y).numpy() for k, v in pts.items()}
+    assert (table["clean_correct"] == clean).all()
+    assert (table["robust_all"] == (clean & ok["fgsm"] & ok["pgd"])).all()
+    assert table["robust_pgd"].mean() < table["clean_correct"].mean()
+    save_results(table, tmp_path / "r.csv")
+    pd.testing.assert_frame_equal(load_results(tmp_path / "r.csv"), table, check_like=True)
+    with pytest.raises(SanityCheckError):
+        evaluate_attacks(model, x, y, {"broken": partial(no_projection, eps=0.1, norm="linf")},
+                         threats={"broken": ThreatModel("linf", 0.1)})
+    with pytest.raises(NotApplicable):
+        recoloradv(model, x, y)
+
+
+def test_robustness_curve_is_tidy(net):
+    model, x, y = net
+    curve = robustness_curve(model, x, y, "l2", [0.0, 1.0, 2.0], steps=5, restarts=1)
+    assert list(curve.columns) == ["norm", "eps", "attack", "robust_acc"]
+    assert set(curve["attack"]) == {"pgd", "fgsm"} and (curve["norm"] == "l2").all()
+    pgd_rows = curve[curve.attack == "pgd"].sort_values("eps")["robust_acc"].to_numpy()
+    assert pgd_rows[0] > pgd_rows[-1]
+    with pytest.raises(ValueError, match="eps"):
+        robustness_curve(model, x, y, "linf", [0.1, -1.0])
