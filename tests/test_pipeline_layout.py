@@ -32,6 +32,17 @@ def test_train_stage_outputs_are_the_library_paths(root):
     assert str(paths.resume_path(r, "RUN")) not in outs  # deleted once the run completes
 
 
+@pytest.mark.parametrize("stage,fns", [
+    ("attack", [paths.attack_results_path, paths.attack_curve_path, paths.attack_metrics_path]),
+    ("verify", [paths.verify_results_path, paths.verify_metrics_path]),
+])
+def test_per_run_stage_outputs_are_the_library_paths(root, stage, fns):
+    from pathlib import Path
+
+    outs = {o.replace("${item}", "RUN") for o in _outs(_dvc(root)[stage]["do"])}
+    assert {str(f(Path("."), "RUN")) for f in fns} <= outs
+
+
 def test_every_p_value_comes_from_params_or_the_stage(root):
     for name, stage in _dvc(root).items():
         body = stage.get("do", stage)
@@ -39,7 +50,8 @@ def test_every_p_value_comes_from_params_or_the_stage(root):
             assert value.startswith("${") or value in {"params.yaml", "."}, (name, value)
 
 
-@pytest.mark.parametrize("nb", ["10_train.ipynb", "90_report.ipynb"])
+@pytest.mark.parametrize("nb", ["10_train.ipynb", "20_attack.ipynb", "30_verify.ipynb", "40_ablations.ipynb",
+                                "50_laplacian.ipynb", "90_report.ipynb"])
 def test_source_notebooks_are_thin_and_clean(root, nb):
     cells = json.loads((root / "notebooks" / nb).read_text())["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]

@@ -37,9 +37,17 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     _run([sys.executable, "-m", "robustlib.params", "use", "smoke"], ws)
     _run([sys.executable, "-m", "robustlib.params", "check"], ws)
     _run([dvc, "repro"], ws)
-    for f in ("reports/tables/train_summary.md", "reports/tables/train_summary.csv",
-              "reports/figures/learning_curves.png", "reports/report.md",
-              "reports/metrics/train/standard.json", "reports/metrics/train/hamming_stability.json"):
+    for f in ("reports/tables/train_summary.md", "reports/tables/table1_attacks.md",
+              "reports/tables/table2_verification.md", "reports/tables/certified.md",
+              "reports/tables/ablation_table3.md", "reports/tables/ablation_sweep.md",
+              "reports/tables/laplacian_table4.md", "reports/tables/neighbour_stats.json",
+              "reports/tables/benchmark_objectives.md", "reports/figures/learning_curves.png",
+              "reports/figures/robustness_curves.png", "reports/figures/verification.png",
+              "reports/figures/ablation_sweep.png", "reports/figures/neighbour_distances.png",
+              "reports/report.md", "reports/attack/hamming_stability.csv", "reports/verify/rs_loss.csv",
+              "reports/metrics/train/hamming_stability_then_pgd.json"):
         assert (ws / f).stat().st_size > 0, f
+    report = (ws / "reports" / "report.md").read_text()
+    assert "_missing" not in report and "Table 1 analog" in report
     second = _run([dvc, "repro"], ws)
     assert "Running stage" not in second and "up to date" in second

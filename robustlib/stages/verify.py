@@ -19,7 +19,7 @@ from robustlib import paths
 from robustlib.attacks import pgd
 from robustlib.bounds import ibp_certified, lipschitz_certified_radius, lipschitz_upper_bound
 from robustlib.checks import SanityCheckError
-from robustlib.io import atomic_write, load_model, read_json, write_json
+from robustlib.io import atomic_write, load_model, write_json
 from robustlib.params import all_runs, run_config
 from robustlib.robustness import load_results
 from robustlib.stages.attack import test_examples
@@ -40,7 +40,6 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     x, y, idx = test_examples(env, run, int(vp["n_test"]))
     seed = int(env.params["base"]["seed"])
     attack_table = load_results(paths.attack_results_path(env.out, run)).set_index("index")
-    attack_metrics = read_json(paths.attack_metrics_path(env.out, run))
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     metrics: dict[str, Any] = {"run": run, "n": len(idx), "clean_acc": float(clean.float().mean()), "eps": {}}
@@ -59,8 +58,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
                 rows.append({"index": i, "eps": eps, "verdict": r.verdict, "method": r.method,
                              "seconds": round(r.seconds, 4), "unstable": r.unstable, "stable": r.stable,
                              "detail": r.detail})
-            _check_consistency(run, eps, results, idx, clean, attack_table, attack_metrics, float(ap["linf_eps"]),
-                               entry["pgd_acc"])
+            _check_consistency(run, eps, results, idx, clean, attack_table, float(ap["linf_eps"]), entry["pgd_acc"])
         metrics["eps"][str(eps)] = entry
     if run_config(env.params, run).spectral_norm:
         L = lipschitz_upper_bound(model, "l2")
@@ -76,7 +74,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     return metrics
 
 
-def _check_consistency(run, eps, results, idx, clean, attack_table, attack_metrics, attack_eps, pgd_acc) -> None:
+def _check_consistency(run, eps, results, idx, clean, attack_table, attack_eps, pgd_acc) -> None:
     verified = torch.tensor([r.verdict == "verified" for r in results])
     if bool((verified & ~clean).any()):
         raise SanityCheckError("verify_consistency", f"{run}: an example misclassified clean is reported verified")
@@ -90,8 +88,8 @@ def _check_consistency(run, eps, results, idx, clean, attack_table, attack_metri
         if both:
             raise SanityCheckError("verify_consistency", f"{run}: examples {both[:5]} are verified and also broken "
                                    f"by an attack at eps={eps}")
-        aa = attack_metrics["aa_linf_acc"]
-        n_attack = attack_metrics["n"]
-        if len(idx) == n_attack and not (frac <= aa + 1e-9 <= attack_metrics["clean_acc"] + 2e-9):
-            raise SanityCheckError("verify_consistency", f"{run}: need verified {frac:.4f} <= AutoAttack robust "
-                                   f"{aa:.4f} <= clean {attack_metrics['clean_acc']:.4f}")
+        sub = attack_table.loc[list(idx)]
+        aa, cl = float(sub["robust_aa_linf"].mean()), float(sub["clean_correct"].mean())
+        if not (frac <= aa + 1e-9 <= cl + 2e-9):
+            raise SanityCheckError("verify_consistency", f"{run}: on these {len(idx)} examples need verified "
+                                   f"{frac:.4f} <= AutoAttack robust {aa:.4f} <= clean {cl:.4f}")
