@@ -15,6 +15,7 @@ from robustlib.attacks import AttackCheckError, autoattack, fgsm, pgd, transfer
 from robustlib.attacks.autoattack import zero_jacobian
 from robustlib.data import load_split
 from robustlib.models import build_model
+from robustlib.threat import ThreatModel
 
 torch.set_num_threads(1)
 
@@ -293,3 +294,28 @@ def test_autoattack_checks_are_fatal(net, wrapper, flag):
     with pytest.raises(AttackCheckError) as err:
         autoattack(wrapper(model), x, y[:8], 0.3, "linf", batch_size=4)
     assert err.value.flag == flag and f"[{flag}]" in str(err.value)
+
+
+def test_square_stronger_flag_escalates_square_instead_of_failing(net):
+    """A quantized model has no useful gradients: Square beats APGD/FAB (pyautoattack flags it). The
+    run goes on, and every example Square can break is counted broken."""
+    model, x, y = net
+    q = _Quantized(model)
+    x_adv = autoattack(q, x[:8], y[:8], 0.3, "linf", batch_size=4)
+    assert bool(ThreatModel("linf", 0.3).contains(x_adv, x[:8]).all())
+    with torch.no_grad():
+        assert not bool((q(x_adv).argmax(1) == y[:8]).any())
+
+
+def test_square_escalation_keeps_only_hits(net):
+    from robustlib.attacks.autoattack import _escalate_square
+
+    model, x, y = net
+    q = _Quantized(model)
+    x0, y0 = x[:6].clone(), y[:6]
+    survived = torch.ones(6, dtype=torch.bool)
+    x_adv, left = _escalate_square(q, x0, y0, x0.clone(), survived.clone(), ThreatModel("linf", 0.3), 0, 4)
+    with torch.no_grad():
+        wrong = q(x_adv).argmax(1) != y0
+    assert torch.equal(left, ~wrong & survived)
+    assert torch.equal(x_adv[left], x0[left])  # survivors keep their previous point
