@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
             params = load(project_root() / "params.yaml")
             check_files(params["data"]["dataset"], project_root() / params["base"]["data_root"])
-            print(f"params.yaml OK (profile {params['base'].get('profile')}, runs: {', '.join(params['runs'])})")
+            print(f"params.yaml OK (profile {params['base'].get('profile')}, runs: {', '.join(all_runs(params))})")
     except (ParamsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
