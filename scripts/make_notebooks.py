@@ -21,7 +21,7 @@ NOTEBOOKS = {
                           "(`runs.<run>` over the `train` defaults) and writes its checkpoint, data split, "
                           "metrics and learning curve under `output_root` (see `robustlib.paths`). An "
                           "interrupted run resumes from its last completed epoch."),
-        new_code_cell(EXPLORE + 'run: str = "hamming_stability"  # a key of runs in the params file\n'
+        new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import train as stage"),
@@ -36,7 +36,7 @@ NOTEBOOKS = {
         new_markdown_cell("# Attack one named run\n\nFGSM, PGD (L-inf, L2), AutoAttack (with its checks), a transfer "
                           "attack and the perceptual attacks on the run's test examples; per-example worst case, "
                           "robustness curves, and the sanity checks of Carlini et al. (2019), which fail the stage."),
-        new_code_cell(EXPLORE + 'run: str = "hamming_stability"  # a key of runs in the params file\n'
+        new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       'output_root: str = "runs/explore"  # "." under DVC; the train notebook must have run there',
                       metadata={"tags": ["parameters"]}),
@@ -52,7 +52,7 @@ NOTEBOOKS = {
         new_markdown_cell("# Verify one named run\n\nIBP certified accuracy (and Lipschitz certificates for spectral-norm "
                           "runs) for every run; complete MILP verification for the runs in `verify.milp_runs`. A time "
                           "limit is never 'verified'; a counterexample counts only after a float32 replay."),
-        new_code_cell(EXPLORE + 'run: str = "hamming_stability"  # a key of runs in the params file\n'
+        new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       'output_root: str = "runs/explore"  # "." under DVC; train and attack must have run there',
                       metadata={"tags": ["parameters"]}),
