@@ -132,16 +132,19 @@ def _affine(layer: nn.Module, x: Tensor) -> Tensor:
     raise TypeError(layer)
 
 
-def _affine_abs(layer: nn.Module, r: Tensor) -> Tensor:
-    """Propagate a radius through an affine layer: ``|W| r`` (no bias)."""
+def affine_linear_part(layer: nn.Module, x: Tensor, absolute: bool = False) -> Tensor:
+    """Apply the linear part of an affine layer (no bias): ``W x``, or ``|W| x`` with ``absolute`` (the
+    radius propagation of interval bounds). Normalize's linear part is the division by std."""
     if isinstance(layer, Normalize):
-        return r / layer.std.to(r.dtype)
+        return x / layer.std.to(x.dtype)
     if isinstance(layer, nn.Flatten):
-        return r.flatten(1)
+        return x.flatten(1)
+    w = layer.weight.to(x.dtype)
+    w = w.abs() if absolute else w
     if isinstance(layer, nn.Linear):
-        return F.linear(r, layer.weight.to(r.dtype).abs())
+        return F.linear(x, w)
     if isinstance(layer, nn.Conv2d):
-        return F.conv2d(r, layer.weight.to(r.dtype).abs(), None, layer.stride, layer.padding)
+        return F.conv2d(x, w, None, layer.stride, layer.padding)
     raise TypeError(layer)
 
 
@@ -165,7 +168,7 @@ def _ibp_layer(layer: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor
         k = _pool_args(layer)
         return F.max_pool2d(lo, k, k), F.max_pool2d(hi, k, k)
     c, r = (hi + lo) / 2, (hi - lo) / 2
-    c, r = _affine(layer, c), _affine_abs(layer, r)
+    c, r = _affine(layer, c), affine_linear_part(layer, r, absolute=True)
     return c - r, c + r
 
 

@@ -39,12 +39,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlib.bounds import BOUND_METHODS, _affine, _pool_args, input_box, margin_lower_bounds, to_sequential
-from robustlib.models import Normalize
+from robustlib.bounds import (
+    BOUND_METHODS,
+    _affine,
+    _pool_args,
+    affine_linear_part,
+    input_box,
+    margin_lower_bounds,
+    to_sequential,
+)
 from robustlib.threat import NORMS, ThreatModel
 
 logger = logging.getLogger(__name__)
@@ -115,16 +121,6 @@ def _snap_into_ball(x_star: np.ndarray, x: Tensor, eps: float) -> Tensor:
 # ---------------------------------------------------------------------------------------------------
 # MILP encoding
 # ---------------------------------------------------------------------------------------------------
-def _affine_no_bias(layer: nn.Module, x: Tensor) -> Tensor:
-    if isinstance(layer, Normalize):
-        return x / layer.std.to(x.dtype)
-    if isinstance(layer, nn.Flatten):
-        return x.flatten(1)
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, layer.weight.to(x.dtype))
-    return F.conv2d(x, layer.weight.to(x.dtype), None, layer.stride, layer.padding)
-
-
 @torch.no_grad()
 def _affine_block_matrix(layers: list[nn.Module], in_shape: tuple[int, ...],
                          chunk: int = 256) -> tuple[sp.csr_matrix, np.ndarray, tuple[int, ...]]:
@@ -143,7 +139,7 @@ def _affine_block_matrix(layers: list[nn.Module], in_shape: tuple[int, ...],
         e[torch.arange(k), torch.arange(s, s + k)] = 1.0
         h = e.view(k, *in_shape)
         for layer in layers:
-            h = _affine_no_bias(layer, h)
+            h = affine_linear_part(layer, h)
         cols.append(sp.csr_matrix(h.reshape(k, -1).numpy()).T)
     M = sp.hstack(cols).tocsr() if cols else sp.csr_matrix((len(c), 0))
     M.eliminate_zeros()
