@@ -30,7 +30,10 @@ class SanityCheckError(AssertionError):
 
     def __init__(self, check: str, message: str) -> None:
         super().__init__(f"sanity check '{check}' failed: {message}")
-        self.check = check
+        self.check, self.message = check, message
+
+    def __reduce__(self):  # picklable, so that it crosses from a worker process unchanged
+        return self.__class__, (self.check, self.message)
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:

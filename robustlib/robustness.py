@@ -9,7 +9,9 @@ failed (DESIGN.md convention 9). Flags come from a fresh eval-mode forward on th
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -35,17 +37,27 @@ Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, Attack],
                      index: Sequence[int] | None = None, threats: Mapping[str, ThreatModel] | None = None,
-                     points: dict[str, torch.Tensor] | None = None, batch_size: int = 500) -> pd.DataFrame:
+                     points: dict[str, torch.Tensor] | None = None, batch_size: int = 500, seed: int = 0,
+                     processes: int = 1) -> pd.DataFrame:
     """Run every attack and tabulate per-example robustness (see module docstring).
 
     ``threats[name]``, if given, is checked on that attack's points (finite, [0, 1], in the ball).
     An attack raising ``NotApplicable`` gets no column; its reason is logged and kept in
-    ``table.attrs["not_applicable"]``. ``points``, if a dict, receives each attack's points.
+    ``table.attrs["not_applicable"]``; each attack's wall seconds are in ``table.attrs["seconds"]``.
+    ``points``, if a dict, receives each attack's points. The global torch RNG is seeded with ``seed``
+    before each attack, so results do not depend on the order attacks run in.
+
+    ``processes > 1`` (CPU only) runs the attacks in that many forked worker processes, one torch
+    thread each: AutoAttack's Square and the perceptual attacks are bound by Python overhead, so two
+    attacks side by side use two cores where one attack cannot. An attack given as a
+    ``functools.partial`` with a ``record`` dict keyword gets that dict updated from the worker.
     """
     check_inputs(x, y)
     for name in attacks:
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"attack names must be alphanumeric (with - or _), got {name!r}")
+    if int(processes) != processes or processes < 1:
+        raise ValueError(f"processes must be an integer >= 1, got {processes!r}")
     index = list(range(len(y))) if index is None else [int(i) for i in index]
     if len(index) != len(y):
         raise ValueError(f"index has {len(index)} entries for {len(y)} examples")
@@ -53,14 +65,18 @@ def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks
         clean = (predict(model, x, batch_size) == y.to("cpu")).cpu()
     table = pd.DataFrame({"index": index, "clean_correct": clean.numpy()})
     n_a: dict[str, str] = {}
+    seconds: dict[str, float] = {}
     robust_all = clean.clone()
-    for name, attack in tqdm(attacks.items(), desc="attacks", leave=False):
-        try:
-            x_adv = attack(model, x, y)
-        except NotApplicable as err:
-            logger.info("%s: n/a (%s)", name, err)
-            n_a[name] = str(err)
+    outcomes = _run_attacks(model, x, y, attacks, seed, processes if x.device.type == "cpu" else 1)
+    for name, attack in attacks.items():
+        x_adv, reason, secs, record = outcomes[name]
+        if record is not None:
+            attack.keywords["record"].update(record)
+        if reason is not None:
+            logger.info("%s: n/a (%s)", name, reason)
+            n_a[name] = reason
             continue
+        seconds[name] = secs
         if threats and name in threats:
             check_points(x, x_adv, threats[name], name)
         with eval_mode(model):
@@ -69,10 +85,41 @@ def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks
         robust_all &= robust
         if points is not None:
             points[name] = x_adv.detach()
-        logger.info("%s: robust accuracy %.4f", name, float(robust.float().mean()))
+        logger.info("%s: robust accuracy %.4f (%.1f s)", name, float(robust.float().mean()), seconds[name])
     table["robust_all"] = robust_all.numpy()
     table.attrs["not_applicable"] = n_a
+    table.attrs["seconds"] = seconds
     return table
+
+
+_JOB: dict = {}  # what forked attack workers inherit: model, x, y, attacks, seed
+
+
+def _attack_job(name: str) -> tuple[str, torch.Tensor | None, str | None, float, dict | None]:
+    """Run one attack of ``_JOB``: (name, points or None, n/a reason or None, seconds, record or None)."""
+    attack = _JOB["attacks"][name]
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_JOB["seed"])
+        try:
+            x_adv, reason = attack(_JOB["model"], _JOB["x"], _JOB["y"]).detach(), None
+        except NotApplicable as err:
+            x_adv, reason = None, str(err)
+    record = getattr(attack, "keywords", {}).get("record")
+    return name, x_adv, reason, round(time.perf_counter() - t0, 2), record
+
+
+def _run_attacks(model, x, y, attacks: Mapping[str, Attack], seed: int, processes: int) -> dict[str, tuple]:
+    _JOB.update(model=model, x=x, y=y, attacks=dict(attacks), seed=int(seed))
+    try:
+        if processes == 1 or len(attacks) == 1:
+            jobs = map(_attack_job, attacks)
+            return {out[0]: out[1:] for out in tqdm(jobs, total=len(attacks), desc="attacks", leave=False)}
+        with mp.get_context("fork").Pool(processes, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            jobs = pool.imap_unordered(_attack_job, attacks, chunksize=1)
+            return {out[0]: out[1:] for out in tqdm(jobs, total=len(attacks), desc="attacks", leave=False)}
+    finally:
+        _JOB.clear()
 
 
 def save_results(table: pd.DataFrame, path: str | os.PathLike) -> None:

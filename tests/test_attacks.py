@@ -301,10 +301,16 @@ def test_square_stronger_flag_escalates_square_instead_of_failing(net):
     run goes on, and every example Square can break is counted broken."""
     model, x, y = net
     q = _Quantized(model)
-    x_adv = autoattack(q, x[:8], y[:8], 0.3, "linf", batch_size=4)
+    record: dict = {}
+    x_adv = autoattack(q, x[:8], y[:8], 0.3, "linf", batch_size=4, record=record)
     assert bool(ThreatModel("linf", 0.3).contains(x_adv, x[:8]).all())
     with torch.no_grad():
         assert not bool((q(x_adv).argmax(1) == y[:8]).any())
+    assert record["square_stronger"] and 0 <= record["escalation_hits"] <= record["escalated"]
+    # square_escalation=0: the flag is recorded, nothing is re-run
+    record0: dict = {}
+    autoattack(q, x[:8], y[:8], 0.3, "linf", batch_size=4, record=record0, square_escalation=0)
+    assert record0 == {"square_stronger": True, "escalated": 0, "escalation_hits": 0}
 
 
 def test_square_escalation_keeps_only_hits(net):
@@ -314,8 +320,14 @@ def test_square_escalation_keeps_only_hits(net):
     q = _Quantized(model)
     x0, y0 = x[:6].clone(), y[:6]
     survived = torch.ones(6, dtype=torch.bool)
-    x_adv, left = _escalate_square(q, x0, y0, x0.clone(), survived.clone(), ThreatModel("linf", 0.3), 0, 4)
+    x_adv, left = _escalate_square(q, x0, y0, x0.clone(), survived.clone(), ThreatModel("linf", 0.3), 0, 4, 1)
     with torch.no_grad():
         wrong = q(x_adv).argmax(1) != y0
     assert torch.equal(left, ~wrong & survived)
     assert torch.equal(x_adv[left], x0[left])  # survivors keep their previous point
+
+
+def test_square_escalation_rejects_negative_counts(net):
+    model, x, y = net
+    with pytest.raises(ValueError, match="square_escalation"):
+        autoattack(model, x[:4], y[:4], 0.3, "linf", square_escalation=-1)

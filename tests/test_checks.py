@@ -173,6 +173,50 @@ def test_evaluate_attacks_worst_case_table(net, tmp_path):
         recoloradv(model, x, y)
 
 
+def _global_rng_attack(model, x, y, eps, record):
+    """Uses the global RNG (as LPA does without a generator) and reports through ``record``."""
+    record["calls"] = record.get("calls", 0) + 1
+    return (x + eps * torch.randn(x.shape).sign()).clamp(0, 1)
+
+
+def _raises_check(model, x, y):
+    from robustlib.attacks.common import AttackCheckError
+
+    raise AttackCheckError("zero_gradients", "planted")
+
+
+def test_evaluate_attacks_in_worker_processes_matches_one_process(net):
+    model, x, y = net
+    rec1: dict = {}
+    rec2: dict = {}
+
+    def attacks(rec):
+        return {"pgd": partial(pgd, eps=0.1, steps=5, restarts=2, generator=torch.Generator().manual_seed(3)),
+                "noise": partial(_global_rng_attack, eps=0.3, record=rec), "fgsm": partial(fgsm, eps=0.1),
+                "recoloradv": recoloradv}
+
+    pts1: dict = {}
+    pts2: dict = {}
+    t1 = evaluate_attacks(model, x, y, attacks(rec1), points=pts1, seed=7)
+    before = torch.random.get_rng_state()
+    t2 = evaluate_attacks(model, x, y, attacks(rec2), points=pts2, seed=7, processes=2)
+    assert torch.equal(before, torch.random.get_rng_state())  # the caller's RNG is untouched
+    pd.testing.assert_frame_equal(t1, t2)
+    assert t1.attrs["not_applicable"] == t2.attrs["not_applicable"]
+    assert set(t2.attrs["seconds"]) == {"pgd", "noise", "fgsm"}
+    for k in pts1:
+        assert torch.equal(pts1[k], pts2[k]), k
+    assert rec1 == rec2 == {"calls": 1}  # the worker's record reaches the caller
+    # an evaluation check raised in a worker reaches the caller as itself
+    from robustlib.attacks.common import AttackCheckError
+
+    with pytest.raises(AttackCheckError) as err:
+        evaluate_attacks(model, x, y, {"fgsm": partial(fgsm, eps=0.1), "bad": _raises_check}, processes=2)
+    assert err.value.flag == "zero_gradients"
+    with pytest.raises(ValueError, match="processes"):
+        evaluate_attacks(model, x, y, {"fgsm": partial(fgsm, eps=0.1)}, processes=0)
+
+
 def test_robustness_curve_is_tidy(net):
     model, x, y = net
     curve = robustness_curve(model, x, y, "l2", [0.0, 1.0, 2.0], steps=5, restarts=1)

@@ -14,9 +14,10 @@ example that survives every AutoAttack component has a zero Jacobian at its clea
 points that some attack breaks anyway (e.g. Square, which needs no gradient) do not fail the run.
 
 "Square stronger than the gradient attacks" is acted on as AutoAttack's flags document advises: the
-surviving examples are attacked again by Square with ``SQUARE_ESCALATION`` times the queries and
-restarts, and the worst case is kept; a warning is logged. (With a few hundred examples a single
-example is above pyautoattack's 0.2-point threshold, so this flag fires on ordinary models.)
+surviving examples are attacked again by Square with ``square_escalation`` times the queries and
+restarts (a fresh seed), and the worst case is kept; a warning is logged. (With a few hundred
+examples a single example is above pyautoattack's 0.2-point threshold, so this flag fires on
+ordinary models.) ``square_escalation=0`` records the flag and escalates nothing.
 Nothing is imported from ``pyautoattack`` until ``autoattack`` is called.
 """
 
@@ -33,7 +34,7 @@ from robustlib.threat import ThreatModel
 logger = logging.getLogger(__name__)
 
 VERSIONS = ("standard", "plus", "rand")
-SQUARE_ESCALATION = 2
+SQUARE_QUERIES = 5000  # AutoAttack standard's Square budget
 _NORMS = {"linf": "Linf", "l2": "L2"}
 
 # Substrings of pyautoattack's check messages -> the flag named in the error.
@@ -93,16 +94,20 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks_to_ru
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
-               version: str = "standard", seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+               version: str = "standard", seed: int = 0, batch_size: int = 500,
+               square_escalation: int = 2, record: dict | None = None) -> torch.Tensor:
     """AutoAttack ``version`` (standard: APGD-CE, APGD-T, FAB-T, Square) in the ``norm`` ball of radius
     ``eps``. Returns a point for every example: the adversarial point where an attack succeeded, the
     clean input otherwise (robust, or already misclassified). Raises ``AttackCheckError`` when any
-    of AutoAttack's checks flags the model on any batch."""
+    of AutoAttack's checks flags the model on any batch. ``square_escalation``: see the module notes.
+    ``record``, if a dict, receives ``square_stronger`` (did the flag fire), ``escalated`` (examples
+    re-attacked) and ``escalation_hits`` (of those, broken by the re-run)."""
     threat = ThreatModel(norm, eps)
     check_inputs(x, y)
     if version not in VERSIONS:
         raise ValueError(f"unknown AutoAttack version {version!r}; expected one of {VERSIONS}")
     batch_size = check_count("batch_size", batch_size, 1)
+    square_escalation = check_count("square_escalation", square_escalation, 0)
     from pyautoattack import AutoAttack
 
     x = x.detach()
@@ -122,8 +127,16 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     x_adv = threat.project(x_adv.to(x.dtype), x)  # exact ball/box membership (AutoAttack's own is up to fp error)
     with eval_mode(model), torch.no_grad():
         survived = torch.cat([model(x_adv[s]).argmax(1) == y[s] for s in chunks(x.shape[0], batch_size)])
-    if any("Square Attack" in m for m in fatal.seen) and bool(survived.any()):
-        x_adv, survived = _escalate_square(model, x, y, x_adv, survived, threat, seed, batch_size)
+    square_stronger = any("Square Attack" in m for m in fatal.seen)
+    escalated = int(survived.sum()) if square_stronger and square_escalation else 0
+    if escalated:
+        x_adv, survived = _escalate_square(model, x, y, x_adv, survived, threat, seed, batch_size,
+                                           square_escalation)
+    elif square_stronger:
+        logger.warning("autoattack: Square beat the gradient attacks; square_escalation=0, not re-run")
+    if record is not None:
+        record.update(square_stronger=square_stronger, escalated=escalated,
+                      escalation_hits=escalated - int(survived.sum()) if escalated else 0)
     blind = survived.clone()
     if bool(survived.any()):
         blind[survived] = zero_jacobian(model, x[survived])
@@ -135,15 +148,16 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     return x_adv.detach()
 
 
-def _escalate_square(model, x, y, x_adv, survived, threat: ThreatModel, seed: int, batch_size: int):
-    """Re-attack the survivors with Square (``SQUARE_ESCALATION`` x queries and restarts); keep any hit."""
+def _escalate_square(model, x, y, x_adv, survived, threat: ThreatModel, seed: int, batch_size: int, factor: int):
+    """Re-attack the survivors with Square (``factor`` x queries and restarts, a seed AutoAttack did not
+    use); keep any hit."""
     from pyautoattack.square import SquareAttack
 
     idx = survived.nonzero().flatten()
     logger.warning("autoattack: Square beat the gradient attacks; re-running Square with %dx queries and restarts "
-                   "on the %d surviving examples", SQUARE_ESCALATION, len(idx))
-    sq = SquareAttack(model, norm=_NORMS[threat.norm], n_queries=5000 * SQUARE_ESCALATION, eps=threat.eps,
-                      n_restarts=SQUARE_ESCALATION, seed=seed, device=x.device)
+                   "on the %d surviving examples", factor, len(idx))
+    sq = SquareAttack(model, norm=_NORMS[threat.norm], n_queries=SQUARE_QUERIES * factor, eps=threat.eps,
+                      n_restarts=factor, seed=seed + 1, device=x.device)
     with eval_mode(model):
         for s in chunks(len(idx), batch_size):
             i = idx[s]

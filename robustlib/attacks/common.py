@@ -22,7 +22,10 @@ class AttackCheckError(RuntimeError):
 
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(f"[{flag}] {message}")
-        self.flag = flag
+        self.flag, self.message = flag, message
+
+    def __reduce__(self):  # picklable, so that it crosses from a worker process unchanged
+        return self.__class__, (self.flag, self.message)
 
 
 def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:

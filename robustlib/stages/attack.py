@@ -51,6 +51,9 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     info = dataset_info(env.params["data"]["dataset"])
     linf, l2 = ThreatModel("linf", float(ap["linf_eps"])), ThreatModel("l2", float(ap["l2_eps"]))
     steps, restarts, bs = int(ap["pgd_steps"]), int(ap["pgd_restarts"]), int(ap["batch_size"])
+    aa_record: dict[str, dict] = {"linf": {}, "l2": {}}  # AutoAttack's Square flag and escalation, per norm
+    aa = partial(autoattack, version=ap["autoattack_version"], seed=seed, batch_size=bs,
+                 square_escalation=int(ap["square_escalation"]))
 
     def gen() -> torch.Generator:
         return torch.Generator(device=x.device).manual_seed(seed)
@@ -59,11 +62,9 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
         "fgsm_linf": partial(fgsm, eps=linf.eps, norm="linf"),
         "pgd_linf": partial(pgd, eps=linf.eps, norm="linf", steps=steps, restarts=restarts, generator=gen(),
                             batch_size=bs),
-        "aa_linf": partial(autoattack, eps=linf.eps, norm="linf", version=ap["autoattack_version"], seed=seed,
-                           batch_size=bs),
+        "aa_linf": partial(aa, eps=linf.eps, norm="linf", record=aa_record["linf"]),
         "pgd_l2": partial(pgd, eps=l2.eps, norm="l2", steps=steps, restarts=restarts, generator=gen(), batch_size=bs),
-        "aa_l2": partial(autoattack, eps=l2.eps, norm="l2", version=ap["autoattack_version"], seed=seed,
-                         batch_size=bs),
+        "aa_l2": partial(aa, eps=l2.eps, norm="l2", record=aa_record["l2"]),
     }
     threats = {"fgsm_linf": linf, "pgd_linf": linf, "aa_linf": linf, "pgd_l2": l2, "aa_l2": l2}
     source = ap.get("transfer_from")
@@ -77,12 +78,15 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
             raise ValueError(f"attack.perceptual: unknown attack {name!r}; known: {sorted(PERCEPTUAL_ATTACKS)}")
         attacks[name] = partial(PERCEPTUAL_ATTACKS[name], eps=float(eps))
 
-    table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, batch_size=bs)
+    table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, batch_size=bs, seed=seed,
+                             processes=int(ap["processes"]))
     for threat_name in ("linf", "l2"):
         cols = [f"robust_{a}" for a in attacks if a.endswith(f"_{threat_name}") and f"robust_{a}" in table]
         table[f"worst_{threat_name}"] = table[["clean_correct", *cols]].all(axis=1)
     save_results(table, paths.attack_results_path(env.out, run))
     not_applicable = dict(table.attrs.get("not_applicable", {}))
+    seconds = dict(table.attrs.get("seconds", {}))
+    t_curve = time.perf_counter()
 
     curve = pd.concat([
         robustness_curve(model, x[: int(ap["curve_n"])], y[: int(ap["curve_n"])], norm, ap[f"curve_{norm}_eps"],
@@ -95,7 +99,10 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     curve_path.parent.mkdir(parents=True, exist_ok=True)
     curve.to_csv(curve_path, index=False, float_format="%.6g")
 
+    seconds["curves"] = round(time.perf_counter() - t_curve, 2)
+    t_sanity = time.perf_counter()
     sanity = run_sanity_checks(model, x, y, curve, table, run, env.params, info.num_classes, seed)
+    seconds["sanity"] = round(time.perf_counter() - t_sanity, 2)
     metrics = {
         "run": run,
         "n": len(idx),
@@ -107,6 +114,9 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
         "worst_l2_acc": float(table["worst_l2"].mean()),
         "not_applicable": not_applicable,
         "sanity": sanity,
+        "autoattack": {"version": ap["autoattack_version"], "square_escalation": int(ap["square_escalation"]),
+                       **aa_record},
+        "seconds": seconds,
         "minutes": round((time.perf_counter() - t_start) / 60, 3),
     }
     write_json(metrics, paths.attack_metrics_path(env.out, run))
