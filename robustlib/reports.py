@@ -138,7 +138,9 @@ def verification_figure(per_example: Mapping[str, pd.DataFrame]) -> Figure:
 
 def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.DataFrame:
     """Paper Table 1 analog: clean / L-inf AA / L2 AA / spatial / recolor / JPEG / NPTM (%) / training
-    minutes per run; an attack that does not apply to the dataset shows ``n/a``."""
+    minutes per run; an attack that does not apply to the dataset shows ``n/a``. ``AA_square_flag``
+    names the threat models where AutoAttack's Square (gradient-free) broke examples that APGD and
+    FAB did not (a sign of gradient masking)."""
     minutes = {m["run"]: m["train_minutes"] for m in train}
     rows = []
     for m in attack:
@@ -148,6 +150,8 @@ def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.Data
             row[col] = "n/a" if key in m.get("not_applicable", {}) else (
                 round(100 * m[f"{key}_acc"], 2) if f"{key}_acc" in m else "-")
         row["train_minutes"] = minutes.get(m["run"])
+        aa = m.get("autoattack", {})
+        row["AA_square_flag"] = ",".join(n for n in ("linf", "l2") if aa.get(n, {}).get("square_stronger")) or "-"
         rows.append(row)
     return pd.DataFrame(rows).round(2).sort_values("run").reset_index(drop=True)
 

@@ -2,12 +2,14 @@
 
 Also checks that a second `dvc repro` runs nothing and that the report's files are written."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.pipeline
@@ -47,6 +49,11 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
               "reports/report.md", "reports/attack/hamming_stability.csv", "reports/verify/rs_loss.csv",
               "reports/metrics/train/hamming_stability_then_pgd.json"):
         assert (ws / f).stat().st_size > 0, f
+    t1 = pd.read_csv(ws / "reports/tables/table1_attacks.csv")
+    assert {"linf_AA", "l2_AA", "AA_square_flag", "train_minutes"} <= set(t1.columns)
+    m = json.loads((ws / "reports/metrics/attack/hamming_stability.json").read_text())
+    assert set(m["autoattack"]["linf"]) == {"square_stronger", "escalated", "escalation_hits"}
+    assert m["seconds"]["aa_linf"] > 0 and "curves" in m["seconds"]
     report = (ws / "reports" / "report.md").read_text()
     assert "_missing" not in report and "Table 1 analog" in report
     second = _run([dvc, "repro"], ws)

@@ -100,7 +100,10 @@ def _report_markdown(params: dict, out: Path) -> str:
     lines += _section("Table 1 analog: clean and robust accuracy (%) under each attack", t / "table1_attacks.md", out,
                       "linf_worst = clean AND FGSM, PGD, AutoAttack and transfer all failed. n/a: the attack needs "
                       "colour images. NPTM (LPA) uses the attacked model's own features as its LPIPS network "
-                      "(AlexNet weights cannot be downloaded here).")
+                      "(AlexNet weights cannot be downloaded here). AA_square_flag: threat models where "
+                      "AutoAttack's gradient-free Square broke examples APGD and FAB missed; survivors were "
+                      f"re-attacked by Square with {ap['square_escalation']}x queries and restarts "
+                      "(0: not re-attacked, AutoAttack standard as published).")
     lines += [f"![robustness curves]({f}/robustness_curves.png)", ""]
     lines += _section("Table 2 analog: complete verification (MILP)", t / "table2_verification.md", out,
                       f"First {vp['n_test']} test examples; time limit {vp['time_limit']} s per example; a time "
