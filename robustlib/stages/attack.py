@@ -101,7 +101,9 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
 
     seconds["curves"] = round(time.perf_counter() - t_curve, 2)
     t_sanity = time.perf_counter()
-    sanity = run_sanity_checks(model, x, y, curve, table, run, env.params, info.num_classes, seed)
+    xs, ys, _ = test_examples(env, run, int(ap["sanity"]["n"]))  # may exceed n_test: the budget check's
+    sanity = run_sanity_checks(model, xs.to(env.device), ys.to(env.device), curve, table, run, env.params,
+                               info.num_classes, seed)  # 0.5-point tolerance needs >= 200 examples
     seconds["sanity"] = round(time.perf_counter() - t_sanity, 2)
     metrics = {
         "run": run,
@@ -128,12 +130,11 @@ def _transfer_attack(source, model, x, y, eps, steps, restarts, seed, batch_size
                     generator=torch.Generator(device=x.device).manual_seed(seed), batch_size=batch_size)
 
 
-def run_sanity_checks(model, x, y, curve: pd.DataFrame, table: pd.DataFrame, run: str, params: dict,
+def run_sanity_checks(model, xs, ys, curve: pd.DataFrame, table: pd.DataFrame, run: str, params: dict,
                       num_classes: int, seed: int) -> dict[str, Any]:
-    """Carlini et al. (2019) checks on this run; any failure raises ``checks.SanityCheckError``."""
+    """Carlini et al. (2019) checks on this run (attacks re-run on the examples ``xs``, ``ys``; the
+    curve and table checks on the stage's results); any failure raises ``checks.SanityCheckError``."""
     ap, sp = params["attack"], params["attack"]["sanity"]
-    n = int(sp["n"])
-    xs, ys = x[:n], y[:n]
     steps, restarts = int(ap["pgd_steps"]), int(ap["pgd_restarts"])
     out: dict[str, Any] = {}
     pgd_curve = curve[curve["attack"].isin(["pgd", "fgsm"])]
