@@ -130,7 +130,7 @@ def check_budget_converged(attack: AttackFn, model: nn.Module, x: torch.Tensor, 
     base = run(steps, restarts)
     out = {"base": base, "double_steps": run(2 * steps, restarts), "double_restarts": run(steps, 2 * restarts)}
     for key in ("double_steps", "double_restarts"):
-        if abs(out[key] - base) > tol + 1e-9:  # (one example in 200 is exactly 0.005)
+        if abs(out[key] - base) > tol + 1e-6:  # float32 accuracies: one example in 200 is 0.005 +- 6e-8
             raise SanityCheckError("budget", f"{key.replace('_', ' ')} changes robust accuracy from {base:.4f} to "
                                    f"{out[key]:.4f} (more than {tol}): the attack has not converged")
     return out

@@ -9,7 +9,6 @@ failed (DESIGN.md convention 9). Flags come from a fresh eval-mode forward on th
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,10 +22,11 @@ from tqdm.auto import tqdm
 
 from robustlib.attacks import autoattack as run_autoattack
 from robustlib.attacks import fgsm, pgd
-from robustlib.attacks.common import NotApplicable, check_inputs, eval_mode
+from robustlib.attacks.common import NotApplicable, check_count, check_inputs, eval_mode
 from robustlib.checks import check_points
 from robustlib.evaluate import predict
 from robustlib.io import atomic_write
+from robustlib.parallel import forked_pool
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks
     for name in attacks:
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"attack names must be alphanumeric (with - or _), got {name!r}")
-    if int(processes) != processes or processes < 1:
-        raise ValueError(f"processes must be an integer >= 1, got {processes!r}")
+    processes = check_count("processes", processes, 1)
     index = list(range(len(y))) if index is None else [int(i) for i in index]
     if len(index) != len(y):
         raise ValueError(f"index has {len(index)} entries for {len(y)} examples")
@@ -115,7 +114,7 @@ def _run_attacks(model, x, y, attacks: Mapping[str, Attack], seed: int, processe
         if processes == 1 or len(attacks) == 1:
             jobs = map(_attack_job, attacks)
             return {out[0]: out[1:] for out in tqdm(jobs, total=len(attacks), desc="attacks", leave=False)}
-        with mp.get_context("fork").Pool(processes, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        with forked_pool(processes) as pool:
             jobs = pool.imap_unordered(_attack_job, attacks, chunksize=1)
             return {out[0]: out[1:] for out in tqdm(jobs, total=len(attacks), desc="attacks", leave=False)}
     finally:

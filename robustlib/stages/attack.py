@@ -21,6 +21,7 @@ from robustlib.attacks import autoattack, fgsm, pgd, transfer
 from robustlib.attacks.perceptual import PERCEPTUAL_ATTACKS
 from robustlib.data import Split, dataset_info, load_split
 from robustlib.io import load_model, write_json
+from robustlib.parallel import Background
 from robustlib.params import all_runs
 from robustlib.robustness import evaluate_attacks, robustness_curve, save_results
 from robustlib.stages.common import StageEnv, setup
@@ -78,8 +79,12 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
             raise ValueError(f"attack.perceptual: unknown attack {name!r}; known: {sorted(PERCEPTUAL_ATTACKS)}")
         attacks[name] = partial(PERCEPTUAL_ATTACKS[name], eps=float(eps))
 
+    processes = int(ap["processes"]) if x.device.type == "cpu" else 1
+    n_curve = int(ap["curve_n"])
+    curves = Background(_curves, model, x[:n_curve], y[:n_curve], {n: ap[f"curve_{n}_eps"] for n in ("linf", "l2")},
+                        steps, restarts, seed, bs, enabled=processes > 1)  # alongside the attacks
     table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, batch_size=bs, seed=seed,
-                             processes=int(ap["processes"]))
+                             processes=processes)
     for threat_name in ("linf", "l2"):
         cols = [f"robust_{a}" for a in attacks if a.endswith(f"_{threat_name}") and f"robust_{a}" in table]
         table[f"worst_{threat_name}"] = table[["clean_correct", *cols]].all(axis=1)
@@ -87,19 +92,14 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     not_applicable = dict(table.attrs.get("not_applicable", {}))
     seconds = dict(table.attrs.get("seconds", {}))
     t_curve = time.perf_counter()
-
-    curve = pd.concat([
-        robustness_curve(model, x[: int(ap["curve_n"])], y[: int(ap["curve_n"])], norm, ap[f"curve_{norm}_eps"],
-                         steps=steps, restarts=restarts, seed=seed, batch_size=bs)
-        for norm in ("linf", "l2")
-    ], ignore_index=True)
+    curve = curves.result()
     for norm, threat in (("linf", linf), ("l2", l2)):  # AutoAttack points at the standard eps (all n examples)
         curve.loc[len(curve)] = [norm, threat.eps, "autoattack", float(table[f"robust_aa_{norm}"].mean())]
     curve_path = paths.attack_curve_path(env.out, run)
     curve_path.parent.mkdir(parents=True, exist_ok=True)
     curve.to_csv(curve_path, index=False, float_format="%.6g")
 
-    seconds["curves"] = round(time.perf_counter() - t_curve, 2)
+    seconds["curves_after_attacks"] = round(time.perf_counter() - t_curve, 2)  # run alongside when processes > 1
     t_sanity = time.perf_counter()
     xs, ys, _ = test_examples(env, run, int(ap["sanity"]["n"]))  # may exceed n_test: the budget check's
     sanity = run_sanity_checks(model, xs.to(env.device), ys.to(env.device), curve, table, run, env.params,
@@ -123,6 +123,12 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     }
     write_json(metrics, paths.attack_metrics_path(env.out, run))
     return metrics
+
+
+def _curves(model, x, y, eps_grids: dict, steps: int, restarts: int, seed: int, batch_size: int) -> pd.DataFrame:
+    """Robust accuracy vs eps (PGD and FGSM) for each norm's grid, as one tidy table."""
+    return pd.concat([robustness_curve(model, x, y, norm, grid, steps=steps, restarts=restarts, seed=seed,
+                                       batch_size=batch_size) for norm, grid in eps_grids.items()], ignore_index=True)
 
 
 def _transfer_attack(source, model, x, y, eps, steps, restarts, seed, batch_size):
