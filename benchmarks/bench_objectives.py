@@ -27,7 +27,8 @@ def objectives() -> dict[str, tuple[dict, bool, int]]:
     """name -> (objective, spectral_norm, batch multiplier): plain, the floor, and one entry per
     distinct objective among the default profile's runs (sweep variants of hamming+stability skipped)."""
     params = load(PROFILE)
-    out: dict[str, tuple[dict, bool, int]] = {"plain": ({"ce": 1.0}, False, 1), "floor_3x_batch": ({"ce": 1.0}, False, 3),
+    out: dict[str, tuple[dict, bool, int]] = {"plain": ({"ce": 1.0}, False, 1),
+                                              "floor_3x_batch": ({"ce": 1.0}, False, 3),
                                               "hamming_stability_paper_weights": (PAPER_HS, False, 1)}
     for run in params["runs"]:
         if run.startswith("sweep_") or run == "standard":

@@ -15,6 +15,15 @@ EXPLORE = (
     "# smoke profile into a scratch folder, so the notebook also runs as it is in JupyterLab.\n"
 )
 
+CROSS_RUN = (
+    "# Parameters: DVC passes these from params.yaml with papermill -p. The defaults below read the\n"
+    "# pipeline's results (`dvc repro`; the report's inputs are committed) and write a scratch copy,\n"
+    "# so the notebook also runs as it is in JupyterLab without touching reports/.\n"
+    'params_file: str = "params.yaml"  # relative to the project root\n'
+    'input_root: str = "."  # where the per-run stages wrote their outputs\n'
+    'output_root: str = "runs/explore"  # "." under DVC'
+)
+
 NOTEBOOKS = {
     "10_train.ipynb": [
         new_markdown_cell("# Train one named run\n\nTrains the run named `run` in the params file "
@@ -26,7 +35,8 @@ NOTEBOOKS = {
                       'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import train as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.Series(metrics, name=run).to_frame()"),
-        new_code_cell("from pathlib import Path\n\nfrom robustlib import paths\nfrom robustlib.params import project_root\n"
+        new_code_cell("from pathlib import Path\n\nfrom robustlib import paths\n"
+                      "from robustlib.params import project_root\n"
                       "from robustlib.reports import learning_curves_figure\n\n"
                       "out = project_root() / output_root\n"
                       "curve = pd.read_csv(paths.train_curve_path(out, run))\n"
@@ -45,13 +55,14 @@ NOTEBOOKS = {
                       "pd.Series({k: v for k, v in metrics.items() if k.endswith('_acc')}, name=run).to_frame()"),
         new_code_cell("from robustlib import paths\nfrom robustlib.params import project_root\n"
                       "from robustlib.reports import robustness_curves_figure\n\n"
-                      "robustness_curves_figure({run: pd.read_csv(paths.attack_curve_path(project_root() / output_root, "
-                      "run))});"),
+                      "robustness_curves_figure({run: pd.read_csv(paths.attack_curve_path("
+                      "project_root() / output_root, run))});"),
     ],
     "30_verify.ipynb": [
-        new_markdown_cell("# Verify one named run\n\nIBP certified accuracy (and Lipschitz certificates for spectral-norm "
-                          "runs) for every run; complete MILP verification for the runs in `verify.milp_runs`. A time "
-                          "limit is never 'verified'; a counterexample counts only after a float32 replay."),
+        new_markdown_cell("# Verify one named run\n\nIBP certified accuracy (and Lipschitz certificates for "
+                          "spectral-norm runs) for every run; complete MILP verification for the runs in "
+                          "`verify.milp_runs`. A time limit is never 'verified'; a counterexample counts only "
+                          "after a float32 replay."),
         new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       'output_root: str = "runs/explore"  # "." under DVC; train and attack must have run there',
@@ -61,30 +72,28 @@ NOTEBOOKS = {
     ],
     "40_ablations.ipynb": [
         new_markdown_cell("# Ablations (paper Table 3) and regularization-strength sweep"),
-        new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+        new_code_cell(CROSS_RUN, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nfrom IPython.display import Image, display\n\n"
                       "from robustlib.stages import ablations as stage"),
-        new_code_cell("result = stage.run(params_file, output_root)\nresult['table']"),
+        new_code_cell("result = stage.run(params_file, output_root, input_root)\nresult['table']"),
         new_code_cell("display(result['sweep'])\ndisplay(Image(filename=str(result['figure'])))"),
     ],
     "50_laplacian.ipynb": [
         new_markdown_cell("# Sparse vs dense Laplacian (paper Table 4) and appendix-B neighbour statistics"),
-        new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+        new_code_cell(CROSS_RUN, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nfrom IPython.display import Image, display\n\n"
                       "from robustlib.stages import laplacian as stage"),
-        new_code_cell("result = stage.run(params_file, output_root)\ndisplay(result['table'])\nresult['stats']"),
+        new_code_cell("result = stage.run(params_file, output_root, input_root)\n"
+                      "display(result['table'])\nresult['stats']"),
         new_code_cell("display(Image(filename=str(result['figure'])))"),
     ],
     "90_report.ipynb": [
         new_markdown_cell("# Report\n\nCollects the outputs of every stage into the tables and figures under "
                           "`reports/` and writes `reports/report.md`."),
-        new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+        new_code_cell(CROSS_RUN, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nfrom IPython.display import Markdown, display\n\n"
                       "from robustlib.stages import report as stage"),
-        new_code_cell("result = stage.run(params_file, output_root)\nresult['table1']"),
+        new_code_cell("result = stage.run(params_file, output_root, input_root)\nresult['table1']"),
         new_code_cell("display(Markdown(result['report'].read_text()))"),
     ],
 }

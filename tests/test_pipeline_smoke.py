@@ -58,3 +58,12 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     assert "_missing" not in report and "Table 1 analog" in report
     second = _run([dvc, "repro"], ws)
     assert "Running stage" not in second and "up to date" in second
+    # the cross-run notebooks run as they are (JupyterLab): they read the pipeline's results and write
+    # a scratch copy under runs/explore, leaving reports/ untouched
+    before = {p: p.stat().st_mtime_ns for p in (ws / "reports").rglob("*") if p.is_file()}
+    papermill = str(Path(sys.executable).with_name("papermill"))
+    for nb in ("40_ablations", "50_laplacian", "90_report"):
+        _run([papermill, "--log-level", "WARNING", f"notebooks/{nb}.ipynb", str(tmp_path / f"{nb}.ipynb")], ws)
+    explore = (ws / "runs" / "explore" / "reports" / "report.md").read_text()
+    assert "_missing" not in explore and "Table 4 analog" in explore
+    assert {p: p.stat().st_mtime_ns for p in (ws / "reports").rglob("*") if p.is_file()} == before

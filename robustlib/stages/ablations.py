@@ -5,6 +5,7 @@ regularization strength (gamma_H, gamma_S) with clean vs robust accuracy and tra
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,7 +15,7 @@ from robustlib.io import read_json
 from robustlib.params import run_config
 from robustlib.reports import save_figure, sweep_figure, write_table
 from robustlib.robustness import load_results
-from robustlib.stages.common import setup
+from robustlib.stages.common import StageEnv, setup
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +33,28 @@ def run_summary(out, run: str) -> dict[str, Any]:
     return row
 
 
-def run(params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
+def input_dir(env: StageEnv, input_root: str | None) -> Path:
+    """Where a cross-run stage reads the per-run stages' outputs: ``input_root`` (relative to the
+    project root), or the output root itself (as under DVC)."""
+    return env.out if input_root is None else (env.root / input_root).resolve()
+
+
+def run(params_file: str = "params.yaml", output_root: str = ".", input_root: str | None = None) -> dict[str, Any]:
+    """Write Table 3 and the sweep (table and figure) under ``output_root`` from the per-run results
+    under ``input_root`` (default: ``output_root``)."""
     env = setup(params_file, output_root)
+    inp = input_dir(env, input_root)
     ab = env.params["ablations"]
     for r in [*ab["table_runs"], *ab["sweep_runs"]]:
         if r not in env.params["runs"]:
             raise ValueError(f"ablations: unknown run {r!r}; runs: {sorted(env.params['runs'])}")
-    table = pd.DataFrame([run_summary(env.out, r) for r in ab["table_runs"]]).round(2)
+    table = pd.DataFrame([run_summary(inp, r) for r in ab["table_runs"]]).round(2)
     write_table(table, paths.tables_dir(env.out) / "ablation_table3")
     sweep_rows = []
     for r in ab["sweep_runs"]:
         cfg = run_config(env.params, r)
         gamma = {k: (v["weight"] if isinstance(v, dict) else float(v)) for k, v in cfg.objective.items()}
-        sweep_rows.append({**run_summary(env.out, r), "gamma_H": gamma.get("hamming", 0.0),
+        sweep_rows.append({**run_summary(inp, r), "gamma_H": gamma.get("hamming", 0.0),
                            "gamma_S": gamma.get("stability", 0.0)})
     sweep = pd.DataFrame(sweep_rows).round(3)
     write_table(sweep, paths.tables_dir(env.out) / "ablation_sweep")

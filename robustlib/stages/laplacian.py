@@ -14,25 +14,32 @@ from robustlib.data import Split, load_split
 from robustlib.io import write_json
 from robustlib.neighbours import nearest_other_distances, sample_indices, summarize
 from robustlib.reports import neighbour_histogram, save_figure, write_table
-from robustlib.stages.ablations import run_summary
+from robustlib.stages.ablations import input_dir, run_summary
 from robustlib.stages.common import setup
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
 
 
-def run(params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
+def run(params_file: str = "params.yaml", output_root: str = ".", input_root: str | None = None) -> dict[str, Any]:
+    """Write Table 4 and the neighbour statistics (JSON and figure) under ``output_root`` from the
+    per-run results and the sparse run's split under ``input_root`` (default: ``output_root``)."""
     env = setup(params_file, output_root)
+    inp = input_dir(env, input_root)
     lp = env.params["laplacian"]
     rows = []
     for form, r in (("sparse", lp["sparse_run"]), ("dense", lp["dense_run"])):
         if r not in env.params["runs"]:
             raise ValueError(f"laplacian: unknown run {r!r}; runs: {sorted(env.params['runs'])}")
-        rows.append({"regularizer": form, **run_summary(env.out, r)})
+        rows.append({"regularizer": form, **run_summary(inp, r)})
     table = pd.DataFrame(rows).round(2)
     write_table(table, paths.tables_dir(env.out) / "laplacian_table4")
 
-    split = Split.load(paths.split_path(env.out, lp["sparse_run"]))
+    split_file = paths.split_path(inp, lp["sparse_run"])
+    if not split_file.exists():
+        raise FileNotFoundError(f"missing {split_file}: the train stage writes it (`dvc repro`, or the train "
+                                "notebook with the same output root)")
+    split = Split.load(split_file)
     train = load_split(split.dataset, train=True, root=env.data_root)
     x = train.images(split.train)
     threat = ThreatModel(env.params["train"]["norm"], float(env.params["train"]["eps"]))
