@@ -22,15 +22,31 @@ def forked_pool(processes: int) -> Pool:
     return mp.get_context("fork").Pool(processes, initializer=torch.set_num_threads, initargs=(1,))
 
 
+_INHERITED: dict[int, tuple[Callable[..., Any], tuple, dict]] = {}  # calls forked workers inherit
+
+
+def _call_inherited(key: int) -> Any:
+    fn, args, kwargs = _INHERITED[key]
+    return fn(*args, **kwargs)
+
+
 class Background:
     """``fn(*args, **kwargs)`` computed in one forked worker while the caller goes on (``enabled=False``:
     computed when ``result()`` is called, in this process). ``result()`` returns its value or re-raises
-    its exception; ``fn``, its arguments and its value must be picklable."""
+    its exception. The worker inherits ``fn`` and its arguments through the fork (nothing is pickled
+    on the way in, so e.g. spectrally normalized models work); the value must be picklable."""
 
     def __init__(self, fn: Callable[..., Any], *args: Any, enabled: bool = True, **kwargs: Any) -> None:
         self._call = (fn, args, kwargs)
-        self._pool = forked_pool(1) if enabled else None
-        self._async = self._pool.apply_async(fn, args, kwargs) if self._pool is not None else None
+        self._pool = self._async = None
+        if enabled:
+            key = id(self)
+            _INHERITED[key] = self._call
+            try:
+                self._pool = forked_pool(1)  # the fork copies _INHERITED as it is now
+            finally:
+                del _INHERITED[key]
+            self._async = self._pool.apply_async(_call_inherited, (key,))
 
     def result(self) -> Any:
         if self._pool is None:
