@@ -53,7 +53,7 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     assert {"linf_AA", "l2_AA", "AA_square_flag", "train_minutes"} <= set(t1.columns)
     m = json.loads((ws / "reports/metrics/attack/hamming_stability.json").read_text())
     assert set(m["autoattack"]["linf"]) == {"square_stronger", "escalated", "escalation_hits"}
-    assert m["seconds"]["aa_linf"] > 0 and "curves" in m["seconds"]
+    assert m["seconds"]["aa_linf"] > 0 and "curves_after_attacks" in m["seconds"]
     report = (ws / "reports" / "report.md").read_text()
     assert "_missing" not in report and "Table 1 analog" in report
     second = _run([dvc, "repro"], ws)
