@@ -12,10 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlib.attacks import NotApplicable, jpeg, lpa, recoloradv, stadv
-from robustlib.attacks.perceptual.jpeg import block_dct, jpeg_decode_delta, jpeg_encode, rgb_to_ycbcr, ycbcr_to_rgb
+from robustlib.attacks.perceptual.jpeg import block_dct, decode_change, encode, num_coefficients, rgb_to_ycbcr
 from robustlib.attacks.perceptual.lpa import lpips_distance
-from robustlib.attacks.perceptual.recoloradv import apply_color_function
-from robustlib.attacks.perceptual.stadv import flow_smoothness, warp
+from robustlib.attacks.perceptual.optimize import AdamStep, SignStep, ascend_params
+from robustlib.attacks.perceptual.recoloradv import (
+    apply_color_function,
+    interpolate,
+    lattice_identity,
+    lattice_smoothness,
+    luv_to_rgb,
+    rgb_to_luv,
+)
+from robustlib.attacks.perceptual.stadv import flow_smoothness, identity_grid, in_stadv_set, warp
 from robustlib.data import load_split
 from robustlib.models import build_model
 
@@ -71,38 +79,65 @@ def _valid(x_adv, x):
     assert x_adv.shape == x.shape and torch.isfinite(x_adv).all() and x_adv.min() >= 0 and x_adv.max() <= 1
 
 
+# --- shared engine ----------------------------------------------------------------------------------
+def test_adam_step_matches_torch_adam():
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(3, 5, generator=g)
+    p = theta.clone().requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=0.01)
+    step, state = AdamStep(0.01), AdamStep(0.01).init(theta)
+    for _ in range(4):
+        grad = torch.randn(3, 5, generator=g)
+        theta = step(theta, grad, state)  # ascent on grad == torch's descent on -grad
+        opt.zero_grad()
+        p.grad = -grad
+        opt.step()
+    torch.testing.assert_close(theta, p.detach())
+
+
+def test_ascend_params_keeps_best_iterate():
+    """A loss that first rises then falls along the steps: the returned point is the best iterate."""
+    model = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0], [1.0]]))
+    x, y = torch.zeros(1, 1), torch.tensor([0])
+    render = lambda xx, t: xx + (t - t.pow(2))  # margin z_1 - z_0 = t - t^2, largest at t = 0.5  # noqa: E731
+    img, theta = ascend_params(model, x, y, torch.zeros(1, 1), render, lambda t: t, 10, SignStep(0.25))
+    assert float(theta) == 0.5 and torch.equal(img, render(x, theta))
+
+
 # --- StAdv ------------------------------------------------------------------------------------------
-def test_warp_zero_flow_is_identity_and_integer_flow_is_shift():
-    x = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(warp(x, torch.zeros(2, 2, 9, 7)), x)
-    flow = torch.zeros(2, 2, 9, 7)
-    flow[:, 0], flow[:, 1] = 2.0, -1.0  # sample row i+2, column j-1
-    out = warp(x, flow)
-    assert torch.equal(out[:, :, :-2, 1:], x[:, :, 2:, :-1])
-    # a half-pixel flow is the average of the two neighbours (bilinear)
-    flow = torch.zeros(2, 2, 9, 7)
-    flow[:, 1] = 0.5
-    torch.testing.assert_close(warp(x, flow)[..., :-1], (x[..., :-1] + x[..., 1:]) / 2)
+def test_warp_matches_grid_sample_and_zero_flow_is_identity():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 9, 7, generator=g, dtype=torch.float64)
+    assert torch.equal(warp(x, torch.zeros(2, 2, 9, 7, dtype=torch.float64)), x)
+    flow = 0.3 * torch.randn(2, 2, 9, 7, generator=g, dtype=torch.float64)
+    grid = identity_grid(2, 9, 7, x) + flow.flip(1).permute(0, 2, 3, 1)  # grid_sample's (x, y) order
+    ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    torch.testing.assert_close(warp(x, flow), ref, atol=1e-12, rtol=0)
 
 
 def test_flow_smoothness_matches_loop():
-    f = torch.randn(1, 2, 4, 5, generator=torch.Generator().manual_seed(0))
+    """Every pixel, 4 neighbours, the border replicated (a missing neighbour is the pixel itself)."""
+    f = torch.randn(1, 2, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     total = 0.0
     for i in range(4):
         for j in range(5):
             for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-                if 0 <= i + di < 4 and 0 <= j + dj < 5:
-                    total += float((f[0, :, i, j] - f[0, :, i + di, j + dj]).norm())
-    assert float(flow_smoothness(f)) == pytest.approx(total / 20, rel=1e-5)
+                q = f[0, :, min(max(i + di, 0), 3), min(max(j + dj, 0), 4)]
+                total += float(((f[0, :, i, j] - q).pow(2).sum() + 1e-10).sqrt())
+    assert float(flow_smoothness(f)) == pytest.approx(total, rel=1e-12)
 
 
-def test_stadv_budget_and_strength(mnist_net):
+def test_stadv_flow_bound_and_strength(mnist_net):
     model, x, y = mnist_net
-    adv, flow = stadv(model, x, y, eps=0.05, max_flow=1.0, steps=20, return_flow=True)
+    adv, flow = stadv(model, x, y, eps=0.05, steps=30, return_flow=True)
     _valid(adv, x)
-    assert (flow_smoothness(flow) <= 0.05 + 1e-6).all() and flow.abs().max() <= 1.0
-    torch.testing.assert_close(adv, warp(x, flow).clamp(0, 1))
-    assert _acc(model, adv, y) < _acc(model, x, y)
+    assert flow.abs().max() <= 0.05 and in_stadv_set(x, adv, flow, 0.05).all()
+    torch.testing.assert_close(adv, warp(x, flow))
+    assert _acc(model, adv, y) < _acc(model, x, y) - 0.2
+    with pytest.raises(ValueError, match="eps"):
+        stadv(model, x, y, eps=0.0)
 
 
 # --- JPEG -------------------------------------------------------------------------------------------
@@ -115,52 +150,101 @@ def test_block_dct_matches_scipy():
             ref[..., i:i + 8, j:j + 8] = scipy.fft.dctn(x.numpy()[..., i:i + 8, j:j + 8], axes=(-2, -1), norm="ortho")
     np.testing.assert_allclose(c, ref, atol=1e-12)
     torch.testing.assert_close(block_dct(block_dct(x), inverse=True), x)
-    torch.testing.assert_close(ycbcr_to_rgb(rgb_to_ycbcr(x)), x)
 
 
-def test_jpeg_decode_is_scipy_inverse():
-    """decode(encode(x) + delta) for 1 channel equals x + scipy idctn(Q * delta) blockwise."""
+def test_jpeg_luma_change_is_scipy_idct():
+    """For 1 channel, the image change of a coefficient change dq is scipy idctn(Q * dq / 255) blockwise."""
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 1, 16, 16, dtype=torch.float64, generator=g)
-    delta = torch.randn(1, 1, 16, 16, dtype=torch.float64, generator=g)
+    dq = torch.randn(1, 256, dtype=torch.float64, generator=g)
     from robustlib.attacks.perceptual.jpeg import LUMA_Q
     q = np.tile(np.array(LUMA_Q, dtype=np.float64) / 255, (2, 2))
-    ref = x.numpy().copy()
+    d = dq.numpy().reshape(16, 16)
+    ref = np.zeros((16, 16))
     for i in (0, 8):
         for j in (0, 8):
-            ref[0, 0, i:i + 8, j:j + 8] += scipy.fft.idctn((q * delta.numpy()[0, 0])[i:i + 8, j:j + 8], norm="ortho")
-    np.testing.assert_allclose(jpeg_decode_delta(x, delta).numpy(), ref, atol=1e-12)
-    torch.testing.assert_close(jpeg_encode(jpeg_decode_delta(x, delta)) - jpeg_encode(x), delta)
+            ref[i:i + 8, j:j + 8] = scipy.fft.idctn((q * d)[i:i + 8, j:j + 8], norm="ortho")
+    np.testing.assert_allclose(decode_change(dq, 1, 16, 16).numpy()[0, 0], ref, atol=1e-12)
+
+
+def test_jpeg_colour_is_420_and_decode_inverts_encode():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=g)
+    assert num_coefficients(x) == 1024 + 2 * 256  # advex-uar's cat_var length at 32x32
+    dq = torch.zeros(2, 1536, dtype=torch.float64)
+    dq[:, 1024:] = torch.randn(2, 512, dtype=torch.float64, generator=g)  # chroma only
+    change = decode_change(dq, 3, 32, 32)
+    # chroma is carried at half resolution: the change is constant on every 2x2 pixel block
+    torch.testing.assert_close(change, change[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1))
+    # and its luma (Y) is zero: Y = 0.299 R + 0.587 G + 0.114 B of a pure chroma change (constants to 1e-6)
+    torch.testing.assert_close(rgb_to_ycbcr(change)[:, 0], torch.zeros(2, 32, 32, dtype=torch.float64), atol=1e-5,
+                               rtol=0)
+    # a change on an image whose chroma is constant per 2x2 block re-encodes to exactly that change
+    smooth = x[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1) * 0.5 + 0.25
+    dq = 0.1 * torch.randn(2, 1536, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(encode(smooth + decode_change(dq, 3, 32, 32)) - encode(smooth), dq, atol=1e-4, rtol=0)
 
 
 def test_jpeg_budget_and_strength(mnist_net):
     model, x, y = mnist_net
-    adv, delta = jpeg(model, x, y, eps=0.25, steps=20, return_delta=True)
+    assert torch.equal(jpeg(model, x, y, eps=0.25, steps=0, generator=None) * 0 + x, x)  # shapes agree
+    adv, v = jpeg(model, x, y, eps=0.25, steps=20, generator=torch.Generator().manual_seed(0),
+                  return_variable=True)
     _valid(adv, x)
-    assert delta.abs().max() <= 0.25 and delta.shape[-2:] == (32, 32)  # MNIST is padded to 32
-    torch.testing.assert_close(adv, jpeg_decode_delta(x, delta).clamp(0, 1))
+    assert v.abs().max() <= 0.25 and v.shape == (len(y), 32 * 32)  # MNIST is padded to 32
+    torch.testing.assert_close(adv, (x + decode_change(0.5 * v, 1, 28, 28)).clamp(0, 1))
     assert _acc(model, adv, y) < _acc(model, x, y)
 
 
 # --- ReColorAdv -------------------------------------------------------------------------------------
-def test_color_function_reproduces_affine_maps_and_is_per_colour():
+def test_luv_matches_colour_science_values():
+    """sRGB white -> L 100, u v 0; black -> 0; the round trip is the identity (float64)."""
+    white, black = torch.ones(1, 3, 1, 1, dtype=torch.float64), torch.zeros(1, 3, 1, 1, dtype=torch.float64)
+    luv = rgb_to_luv(white).flatten()
+    assert float(luv[0]) == pytest.approx(1.0, abs=1e-3)
+    assert abs(float(luv[1]) - 0.5) < 2e-3 and abs(float(luv[2]) - 0.5) < 2e-3
+    assert float(rgb_to_luv(black).flatten()[0]) == pytest.approx(0.0, abs=1e-9)
+    # pure red in CIELUV (D65): L* 53.24, u* 175.01, v* 37.76 (standard tables)
+    red = rgb_to_luv(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).view(1, 3, 1, 1)).flatten()
+    assert float(red[0]) * 100 == pytest.approx(53.24, abs=0.05)
+    assert float(red[1]) * 200 - 100 == pytest.approx(175.0, abs=0.5)
+    assert float(red[2]) * 200 - 100 == pytest.approx(37.76, abs=0.5)
+    x = torch.rand(2, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+    # the reference's 4-digit sRGB matrices are inverse to about 1e-4, hence the tolerance
+    torch.testing.assert_close(luv_to_rgb(rgb_to_luv(x)), x, atol=1e-3, rtol=0)
+
+
+def test_interpolation_reproduces_affine_maps_and_zero_change_is_identity():
     g = torch.Generator().manual_seed(0)
-    a, b = 0.05 * torch.randn(3, 3, generator=g), 0.05 * torch.randn(3, generator=g)
-    grid = 5
-    lat = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, grid)] * 3, indexing="ij"), -1)  # (G,G,G,3)
-    offsets = (lat @ a.T + b).unsqueeze(0)
-    x = torch.rand(1, 3, 6, 6, generator=g)
-    expected = x + torch.einsum("kc,bchw->bkhw", a, x) + b.view(1, 3, 1, 1)
-    torch.testing.assert_close(apply_color_function(x, offsets), expected, atol=1e-6, rtol=0)
-    assert torch.equal(apply_color_function(x, torch.zeros(1, grid, grid, grid, 3)), x)
+    a, b = 0.05 * torch.randn(3, 3, generator=g, dtype=torch.float64), 0.05 * torch.randn(3, generator=g,
+                                                                                           dtype=torch.float64)
+    lat = lattice_identity((4, 6, 5), torch.zeros(1, dtype=torch.float64))
+    values = (lat @ a.T + b).unsqueeze(0)
+    c = torch.rand(1, 3, 6, 6, generator=g, dtype=torch.float64)
+    expected = torch.einsum("kc,bchw->bkhw", a, c) + b.view(1, 3, 1, 1)
+    torch.testing.assert_close(interpolate(c, values), expected, atol=1e-12, rtol=0)
+    x = torch.rand(2, 3, 6, 6, generator=g)
+    assert torch.equal(apply_color_function(x, torch.zeros(2, 16, 32, 32, 3)), x)
+
+
+def test_lattice_smoothness_matches_loop():
+    o = torch.randn(1, 3, 4, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    total = 0.0
+    for i in range(3):
+        for j in range(4):
+            for k in range(2):
+                for d in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+                    q = o[0, min(max(i + d[0], 0), 2), min(max(j + d[1], 0), 3), min(max(k + d[2], 0), 1)]
+                    total += float(((o[0, i, j, k] - q).pow(2).sum() + 1e-10).sqrt())
+    assert float(lattice_smoothness(o)) == pytest.approx(total, rel=1e-12)
 
 
 def test_recoloradv_budget_and_strength(colour_net):
     model, x, y = colour_net
     assert _acc(model, x, y) > 0.8
-    adv, offsets = recoloradv(model, x, y, eps=0.1, grid=6, steps=30, return_offsets=True)
+    adv, offsets = recoloradv(model, x, y, eps=0.06, steps=30, lr=0.01, resolution=(4, 8, 8), return_offsets=True)
     _valid(adv, x)
-    assert offsets.abs().max() <= 0.1 and (adv - x).abs().max() <= 0.1 + 1e-6
+    assert offsets.abs().max() <= 0.06 and offsets.shape == (len(y), 4, 8, 8, 3)
+    torch.testing.assert_close(adv, apply_color_function(x, offsets))
     # one colour function per image: equal input colours map to equal output colours
     xx = x.clone()
     xx[:, :, 0, 0] = xx[:, :, 4, 4]

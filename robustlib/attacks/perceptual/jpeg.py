@@ -1,11 +1,23 @@
-"""JPEG attack (Kang et al., "Testing robustness against unforeseen adversaries", 2019): an L-inf
-bounded perturbation of the image's JPEG coefficients.
+"""JPEG-L-inf attack (Kang et al., "Testing robustness against unforeseen adversaries", 2019; advex-uar
+``JPEGAttack``, evaluated as perceptual-advex's ``JPEGLinfAttack``): an L-inf bounded change of the
+image's quantized JPEG coefficients.
 
-The image is converted to YCbCr (JPEG's full-range BT.601; a 1-channel image is its own luma), split
-into 8x8 blocks (zero-padded to a multiple of 8), transformed by the orthonormal 2-D DCT-II and
-divided by the standard JPEG quality-50 quantization tables (luma for Y, chroma for Cb/Cr) on the
-0-255 scale, without rounding. The attack adds ``delta`` with ``||delta||_inf <= eps`` in these
-coefficient units and decodes: ``x_adv = clip01(decode(encode(x) + delta))``.
+The image (0-255 scale) is converted to full-range YCbCr (JFIF); the chroma planes are 4:2:0
+subsampled (2x2 means); every plane is split into 8x8 blocks, transformed by the orthonormal DCT-II
+and divided by the standard quality-50 tables (luma for Y, chroma for Cb/Cr), without rounding. The
+attack's variable ``v`` (one vector per image: the luma, then the two chroma coefficient planes, as
+advex-uar's ``cat_var``) has ``||v||_inf <= eps`` and changes each quantized coefficient by ``v / 2``
+(advex-uar's ``x + eps * 0.5 * (v / eps)``). Decoding multiplies by the tables, inverts the DCT,
+upsamples chroma by repetition and converts back to RGB. The reference's search: random start
+``U(-eps, eps)``, sign steps of ``eps / sqrt(iterations)`` on the cross-entropy; perceptual-advex
+validates CIFAR-10 with eps 0.25 and 100 iterations.
+
+Departures (labelled): (1) the image is ``clip01(x + decode(dv))``, the decoded CHANGE added to x,
+instead of ``decode(encode(x) + dv)``: the reference's output at zero change is the chroma-subsampled
+image, not x, a lossy change that is not part of the threat; here zero change reproduces x exactly
+and every perturbation is still a 4:2:0 coefficient change; (2) advex-uar's first forward pass
+uses the undivided variable (a quirk), not reproduced; (3) best-so-far per example
+(``optimize.ascend_params``). Images are zero-padded to multiples of 16 (colour) or 8 (grayscale).
 """
 
 from __future__ import annotations
@@ -13,10 +25,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from robustlib.attacks.common import NotApplicable, check_count, check_inputs, eval_mode
-from robustlib.attacks.perceptual.optimize import ascend_params
+from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode
+from robustlib.attacks.perceptual.optimize import SignStep, ascend_params
 
 LUMA_Q = (
     (16, 11, 10, 16, 24, 40, 51, 61), (12, 12, 14, 19, 26, 58, 60, 55), (14, 13, 16, 24, 40, 57, 69, 56),
@@ -27,7 +40,8 @@ CHROMA_Q = (
     (17, 18, 24, 47, 99, 99, 99, 99), (18, 21, 26, 66, 99, 99, 99, 99), (24, 26, 56, 99, 99, 99, 99, 99),
     (47, 66, 99, 99, 99, 99, 99, 99), *[(99,) * 8] * 4,
 )
-_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+_RGB_TO_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+_YCBCR_TO_RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))  # advex-uar's constants
 
 
 def dct_matrix(n: int = 8, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -52,62 +66,92 @@ def block_dct(x: torch.Tensor, inverse: bool = False, n: int = 8) -> torch.Tenso
     return out.reshape(*lead, h, w)
 
 
+def _mix(m, x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("kc,bchw->bkhw", torch.tensor(m, dtype=x.dtype, device=x.device), x)
+
+
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
-    m = torch.tensor(_YCBCR, dtype=x.dtype, device=x.device)
-    off = torch.tensor([0.0, 0.5, 0.5], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return torch.einsum("kc,bchw->bkhw", m, x) + off
+    """Full-range (JFIF) YCbCr on the [0, 1] scale (chroma offset 0.5 = 128/255)."""
+    return _mix(_RGB_TO_YCBCR, x) + torch.tensor([0.0, 0.5, 0.5], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
 
 
-def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    m = torch.linalg.inv(torch.tensor(_YCBCR, dtype=torch.float64)).to(x.dtype).to(x.device)
-    off = torch.tensor([0.0, 0.5, 0.5], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return torch.einsum("kc,bchw->bkhw", m, x - off)
+def coefficient_planes(channels: int, h: int, w: int) -> list[tuple[int, int]]:
+    """Shapes of the coefficient planes of a ``channels x h x w`` image: luma on the grid padded to a
+    multiple of 16 (colour) or 8 (grayscale), then two chroma planes at half resolution (4:2:0)."""
+    if channels == 1:
+        return [(-(-h // 8) * 8, -(-w // 8) * 8)]
+    hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
+    return [(hp, wp), (hp // 2, wp // 2), (hp // 2, wp // 2)]
 
 
-def _qtable(channels: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    tabs = [LUMA_Q] + [CHROMA_Q] * (channels - 1)
-    q = torch.tensor(tabs, dtype=dtype, device=device) / 255.0  # quantization steps on the [0, 1] scale
-    return q.repeat(1, h // 8, w // 8)  # (C, H, W), tiled per block
+def _qtable(table, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    return (torch.tensor(table, dtype=like.dtype, device=like.device) / 255.0).repeat(h // 8, w // 8)
 
 
-def jpeg_decode_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``decode(encode(x) + delta)`` without clipping; ``delta`` (B, C, H8, W8) in quantization units on
-    the zero-padded grid (H8, W8 = H, W rounded up to multiples of 8). The transform is linear, so
-    this is ``x`` plus the decoded ``delta``."""
+def encode(x: torch.Tensor) -> torch.Tensor:
+    """Unrounded quantized JPEG coefficients of ``x`` (B, 1 or 3, H, W), as one flat vector per image
+    in ``decode_change``'s layout (luma, then Cb, Cr at 4:2:0)."""
     b, c, h, w = x.shape
-    h8, w8 = delta.shape[-2:]
-    spatial = block_dct(delta * _qtable(c, h8, w8, x.dtype, x.device), inverse=True)[..., :h, :w]
-    return x + (ycbcr_to_rgb(spatial + torch.tensor([0.0, 0.5, 0.5], dtype=x.dtype, device=x.device
-                                                    ).view(1, 3, 1, 1)) if c == 3 else spatial)
-
-
-def jpeg_encode(x: torch.Tensor) -> torch.Tensor:
-    """JPEG coefficients (quantization units, unrounded) of ``x`` (B, 1 or 3, H, W), zero-padded to 8."""
-    b, c, h, w = x.shape
-    h8, w8 = -(-h // 8) * 8, -(-w // 8) * 8
+    planes = coefficient_planes(c, h, w)
     ch = rgb_to_ycbcr(x) if c == 3 else x
-    ch = torch.nn.functional.pad(ch, (0, w8 - w, 0, h8 - h))
-    return block_dct(ch) / _qtable(c, h8, w8, x.dtype, x.device)
+    hp, wp = planes[0]
+    ch = F.pad(ch, (0, wp - w, 0, hp - h))
+    out = [block_dct(ch[:, 0] - 0.5) / _qtable(LUMA_Q, hp, wp, x)]
+    for k in (1, 2)[: c - 1]:
+        sub = F.avg_pool2d(ch[:, k:k + 1], 2)[:, 0]
+        out.append(block_dct(sub - 0.5) / _qtable(CHROMA_Q, *planes[k], x))
+    return torch.cat([o.flatten(1) for o in out], 1)
 
 
-def jpeg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.25, steps: int = 50,
-         step_size: float | None = None, *, return_delta: bool = False):
-    """JPEG-coefficient attack (see module docstring): sign-gradient ascent of the margin loss over
-    ``delta``, clamped to ``[-eps, eps]``; step defaults to ``eps / 10``."""
+def decode_change(dq: torch.Tensor, channels: int, h: int, w: int) -> torch.Tensor:
+    """The RGB (or gray) image change (B, C, H, W) caused by changing the quantized coefficients by
+    ``dq`` (B, D): dequantize, inverse DCT, upsample chroma by 2x2 repetition, YCbCr -> RGB. Linear."""
+    planes = coefficient_planes(channels, h, w)
+    sizes = [ph * pw for ph, pw in planes]
+    if dq.shape[1] != sum(sizes):
+        raise ValueError(f"expected {sum(sizes)} coefficients per image for {channels}x{h}x{w}, got {dq.shape[1]}")
+    parts = dq.split(sizes, 1)
+    hp, wp = planes[0]
+    ys = [block_dct(parts[0].view(-1, hp, wp) * _qtable(LUMA_Q, hp, wp, dq), inverse=True)]
+    for k in range(1, len(planes)):
+        ph, pw = planes[k]
+        sub = block_dct(parts[k].view(-1, ph, pw) * _qtable(CHROMA_Q, ph, pw, dq), inverse=True)
+        ys.append(sub.repeat_interleave(2, -2).repeat_interleave(2, -1))
+    change = torch.stack(ys, 1)[..., :h, :w]
+    return _mix(_YCBCR_TO_RGB, change) if channels == 3 else change
+
+
+def num_coefficients(x: torch.Tensor) -> int:
+    return sum(ph * pw for ph, pw in coefficient_planes(x.shape[1], x.shape[2], x.shape[3]))
+
+
+def jpeg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.25, steps: int = 100,
+         step_size: float | None = None, generator: torch.Generator | None = None, *, return_variable: bool = False):
+    """JPEG-L-inf attack (see module docstring): ``||v||_inf <= eps``, coefficient change ``v / 2``;
+    sign steps on the cross-entropy of ``step_size`` (default ``eps / sqrt(steps)``) from a random
+    start. Returns ``x_adv`` (and ``v``)."""
     check_inputs(x, y)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise NotApplicable(f"the JPEG attack needs 1- or 3-channel images, got shape {tuple(x.shape)}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
     steps = check_count("steps", steps, 0)
-    step = eps / 10 if step_size is None else float(step_size)
-    b, c, h, w = x.shape
-    delta0 = torch.zeros(b, c, -(-h // 8) * 8, -(-w // 8) * 8, device=x.device, dtype=x.dtype)
+    step = eps / math.sqrt(max(steps, 1)) if step_size is None else float(step_size)
+    _, c, h, w = x.shape
+    n = num_coefficients(x)
+    start = (2 * torch.rand((x.shape[0], n), generator=generator, device=generator.device if generator else None)
+             - 1).to(x) * eps
 
-    def render(xx: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return jpeg_decode_delta(xx, d).clamp(0, 1)
+    def render(xx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return (xx + decode_change(0.5 * v, c, h, w)).clamp(0, 1)
+
+    def objective(logits: torch.Tensor, yy: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, yy, reduction="none")
 
     with eval_mode(model):
-        x_adv, delta = ascend_params(model, x.detach(), y, delta0, render, lambda d: d.clamp(-eps, eps),
-                                     steps, step)
-    return (x_adv, delta) if return_delta else x_adv
+        x_adv, v = ascend_params(model, x.detach(), y, start, render, lambda t: t.clamp(-eps, eps), steps,
+                                 SignStep(step), objective)
+    ok = (v.abs() <= eps).all(1) & ((render(x, v) - x_adv).abs() <= 1e-5).flatten(1).all(1)
+    if not bool(ok.all()):
+        raise AttackCheckError("threat_set", "the JPEG attack returned a point outside its threat set")
+    return (x_adv, v) if return_variable else x_adv

@@ -1,78 +1,104 @@
-"""StAdv: spatially transformed adversarial examples (Xiao et al., ICLR 2018).
+"""StAdv: spatially transformed adversarial examples (Xiao et al., ICLR 2018) in the bounded form of
+Laidlaw, Singla & Feizi (ICLR 2021; perceptual-advex ``StAdvAttack``, mister_ed ``FullSpatial``).
 
-Every pixel ``p`` is resampled at ``p + f_p`` by bilinear interpolation (eq. 1), ``f`` a flow field in
-pixels. The original paper penalizes the flow's total-variation-like smoothness loss
-``L_flow(f) = sum_p sum_{q in N(p)} ||f_p - f_q||_2`` (eq. 4, 4-neighbourhood, without the small
-constant); here, as in the constrained evaluations of Laidlaw et al. (2021), it is a budget:
-``L_flow(f) / (H W) <= eps`` (mean over pixels, so budgets compare across image sizes), together with
-``max |f| <= max_flow`` pixels (a smoothness budget alone would allow any global translation). The
-flow is found by sign-gradient ascent on the margin loss; the smoothness budget is enforced by
-scaling the flow down (``L_flow`` is 1-homogeneous), so every returned flow obeys both budgets.
+Every pixel is resampled at its position plus a flow ``f`` by bilinear interpolation with zero
+padding (``F.grid_sample(x, identity + f)``, ``align_corners=False``). ``f`` is in normalized grid
+units (the image spans [-1, 1]; one pixel is ``2 / W`` horizontally, ``2 / H`` vertically). The
+threat model bounds EACH flow component, ``|f| <= eps`` elementwise (eps 0.05 = 0.8 pixel on a 32x32
+image), with the sampling grid kept inside [-1, 1]. Smoothness is a SOFT penalty: the attack
+maximizes ``margin - lambda * L_flow(f)`` with ``L_flow`` Xiao et al.'s eq. 4 over the 4-neighbourhood
+(border replicated, ``sqrt(||f_p - f_q||^2 + 1e-10)``), ``lambda = 0.0025 / eps`` (0.05 at eps 0.05),
+by Adam (lr 0.01) for 100 iterations, no random start -- all as the reference. Departure (stronger,
+labelled): each example keeps its best iterate (``optimize.ascend_params``); the reference returns
+the last one.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from robustlib.attacks.common import NotApplicable, check_count, check_inputs, eval_mode
-from robustlib.attacks.perceptual.optimize import ascend_params
+from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, \
+    margin_loss
+from robustlib.attacks.perceptual.optimize import AdamStep, ascend_params
+
+
+def identity_grid(b: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """``F.affine_grid``'s identity (``align_corners=False``), shape (B, H, W, 2), last axis (x, y)."""
+    theta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=like.dtype, device=like.device)
+    return F.affine_grid(theta.expand(b, 2, 3), [b, 1, h, w], align_corners=False)
 
 
 def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Bilinear resampling of ``x`` (B, C, H, W) at ``(i + flow[:, 0], j + flow[:, 1])`` (rows, cols), with
-    coordinates clamped to the image (edge replication). Zero flow is exactly the identity, and an
-    integer flow is an exact shift."""
+    """Bilinear resampling with zero padding of ``x`` (B, C, H, W) at ``identity + flow``, ``flow``
+    (B, 2, H, W) in normalized grid units (channel 0: rows / y, channel 1: columns / x) -- equal to
+    ``F.grid_sample(x, identity_grid + flow, align_corners=False)``, computed in pixel coordinates so
+    that zero flow is exactly the identity."""
     b, c, h, w = x.shape
-    rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + flow[:, 0]
-    cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + flow[:, 1]
-    rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + flow[:, 0] * (h / 2)
+    cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + flow[:, 1] * (w / 2)
     r0, c0 = rows.detach().floor(), cols.detach().floor()
-    wr, wc = rows - r0, cols - c0  # in [0, 1); gradients flow to the flow through these weights
+    wr, wc = (rows - r0).unsqueeze(1), (cols - c0).unsqueeze(1)  # gradients reach the flow through these
     r0, c0 = r0.long(), c0.long()
-    r1, c1 = (r0 + 1).clamp(max=h - 1), (c0 + 1).clamp(max=w - 1)
     flat = x.reshape(b, c, h * w)
 
-    def gather(r: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
-        idx = (r * w + cc).view(b, 1, h * w).expand(b, c, h * w)
-        return flat.gather(2, idx).view(b, c, h, w)
+    def tap(r: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
+        inside = ((r >= 0) & (r < h) & (cc >= 0) & (cc < w)).unsqueeze(1)
+        idx = (r.clamp(0, h - 1) * w + cc.clamp(0, w - 1)).view(b, 1, h * w).expand(b, c, h * w)
+        return flat.gather(2, idx).view(b, c, h, w) * inside
 
-    wr, wc = wr.unsqueeze(1), wc.unsqueeze(1)
-    return ((1 - wr) * (1 - wc) * gather(r0, c0) + (1 - wr) * wc * gather(r0, c1)
-            + wr * (1 - wc) * gather(r1, c0) + wr * wc * gather(r1, c1))
+    return ((1 - wr) * (1 - wc) * tap(r0, c0) + (1 - wr) * wc * tap(r0, c0 + 1)
+            + wr * (1 - wc) * tap(r0 + 1, c0) + wr * wc * tap(r0 + 1, c0 + 1))
 
 
 def flow_smoothness(flow: torch.Tensor) -> torch.Tensor:
-    """Per-example ``L_flow(f) / (H W)`` (Xiao et al. eq. 4): every ordered pair of 4-neighbours
-    counts once per direction, i.e. each undirected edge twice, as in the paper's double sum."""
-    dv = (flow[:, :, 1:, :] - flow[:, :, :-1, :]).norm(dim=1).flatten(1).sum(1)
-    dh = (flow[:, :, :, 1:] - flow[:, :, :, :-1]).norm(dim=1).flatten(1).sum(1)
-    return 2 * (dv + dh) / (flow.shape[2] * flow.shape[3])
+    """Per-example ``L_flow`` (Xiao et al. eq. 4, as mister_ed's ``stAdv_norm``): for each of the 4
+    neighbours q of every pixel p (the border replicated, so an edge pixel's missing neighbour is
+    itself), ``sqrt(||f_p - f_q||_2^2 + 1e-10)``, summed; each adjacent pair counts twice."""
+    p = F.pad(flow, (1, 1, 1, 1), mode="replicate")
+    h, w = flow.shape[-2:]
+    total = 0.0
+    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        q = p[:, :, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
+        total = total + ((flow - q).pow(2).sum(1) + 1e-10).sqrt().flatten(1).sum(1)
+    return total
 
 
-def project_flow(flow: torch.Tensor, eps: float, max_flow: float) -> torch.Tensor:
-    """Clamp to ``|f| <= max_flow``, then scale each example's flow so ``flow_smoothness <= eps``."""
-    flow = flow.clamp(-max_flow, max_flow)
-    s = flow_smoothness(flow)
-    scale = torch.where(s > eps, eps / s.clamp_min(1e-30), torch.ones_like(s)) * (1 - 1e-6)
-    return flow * scale.clamp(max=1.0).view(-1, 1, 1, 1)
+def project_flow(flow: torch.Tensor, eps: float) -> torch.Tensor:
+    """The reference's projection: keep the sampling grid in [-1, 1], then ``|f| <= eps`` elementwise."""
+    b, _, h, w = flow.shape
+    ident = identity_grid(b, h, w, flow).permute(0, 3, 1, 2).flip(1)  # (B, 2, H, W): (y, x)
+    flow = (ident + flow).clamp(-1, 1) - ident
+    return flow.clamp(-eps, eps)
 
 
-def stadv(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.05, max_flow: float = 1.0,
-          steps: int = 50, step_size: float | None = None, *, return_flow: bool = False):
-    """StAdv flow attack (see module docstring). ``eps``: mean smoothness budget; ``max_flow``: pixels;
-    step size defaults to ``max_flow / 10`` per sign step. Returns ``x_adv`` (and the flow)."""
+def in_stadv_set(x: torch.Tensor, x_adv: torch.Tensor, flow: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per example: ``flow`` obeys the bound and ``x_adv`` is ``warp(x, flow)`` (float tolerance)."""
+    ok_flow = (flow.abs() <= eps * (1 + 1e-6)).flatten(1).all(1)
+    ok_img = ((warp(x, flow) - x_adv).abs() <= 1e-5).flatten(1).all(1)
+    return ok_flow & ok_img
+
+
+def stadv(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.05, steps: int = 100,
+          lr: float = 0.01, smoothness: float | None = None, *, return_flow: bool = False):
+    """StAdv with per-component flow bound ``eps`` (see module docstring); ``smoothness`` is lambda
+    (default the reference's ``0.0025 / eps``). Returns ``x_adv`` (and the flow)."""
     check_inputs(x, y)
     if x.dim() != 4:
         raise NotApplicable(f"StAdv needs images (B, C, H, W), got shape {tuple(x.shape)}")
-    if not (eps >= 0 and max_flow >= 0):
-        raise ValueError(f"eps and max_flow must be >= 0, got {eps}, {max_flow}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
     steps = check_count("steps", steps, 0)
-    step = max_flow / 10 if step_size is None else float(step_size)
+    lam = 0.0025 / eps if smoothness is None else float(smoothness)
     b, _, h, w = x.shape
-    flow0 = torch.zeros(b, 2, h, w, device=x.device, dtype=x.dtype)
+
+    def objective(logits: torch.Tensor, yy: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        return margin_loss(logits, yy) - lam * flow_smoothness(flow)
+
     with eval_mode(model):
-        x_adv, flow = ascend_params(model, x.detach(), y, flow0, warp,
-                                    lambda f: project_flow(f, eps, max_flow), steps, step)
-    x_adv = x_adv.clamp(0, 1)
+        x_adv, flow = ascend_params(model, x.detach(), y, x.new_zeros(b, 2, h, w), warp,
+                                    lambda f: project_flow(f, eps), steps, AdamStep(lr), objective)
+    if not bool(in_stadv_set(x, x_adv, flow, eps).all()):
+        raise AttackCheckError("threat_set", "StAdv returned a point outside its threat set")
     return (x_adv, flow) if return_flow else x_adv
