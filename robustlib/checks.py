@@ -161,3 +161,26 @@ def check_undefended(attack: AttackFn, model: nn.Module, x: torch.Tensor, y: tor
         raise SanityCheckError("undefended", f"an undefended model keeps {acc:.4f} robust accuracy at eps={threat.eps} "
                                f"({threat.norm}); expected <= {max_acc}: the attack is too weak")
     return {"robust_acc": acc}
+
+
+def check_positive_controls(table: pd.DataFrame, max_acc: dict[str, float], run: str) -> dict[str, Any]:
+    """Positive controls: on the undefended run, each named attack must bring accuracy (clean and not
+    broken by that attack, from the stage's per-example ``robust_<attack>`` column) to at most
+    ``max_acc[attack]``; an attack that should have run but has no column fails too (perceptual-advex
+    reports 0-1% for undefended CIFAR-10 models; an attack that cannot fool one is broken)."""
+    out: dict[str, Any] = {}
+    for attack, limit in max_acc.items():
+        col = f"robust_{attack}"
+        if col not in table:
+            reason = table.attrs.get("not_applicable", {}).get(attack)
+            if reason:  # e.g. ReColorAdv on grayscale data: nothing to control
+                out[attack] = {"not_applicable": reason}
+                continue
+            raise SanityCheckError("positive_control", f"{run}: no results for {attack}, which has a positive "
+                                   f"control (attack.sanity.perceptual_max_acc)")
+        acc = float(table[col].mean())
+        out[attack] = {"acc": acc, "max_acc": float(limit)}
+        if acc > float(limit) + 1e-12:
+            raise SanityCheckError("positive_control", f"{run}: undefended accuracy under {attack} is {acc:.4f} "
+                                   f"> {float(limit):.4f}: the attack fails to fool an undefended model")
+    return out

@@ -1,4 +1,4 @@
-"""Models: MLP, SmallCNN, CWCNN and PreActResNet18.
+"""Models: MLP, SmallCNN, CWCNN, PreActResNet18, and AlexNetCIFAR (the LPIPS network of the NPTM attacks).
 
 Every model takes images in [0, 1] (NCHW float32), normalizes inside, and can return the
 pre-activation of every ReLU from the same forward pass: ``model(x, return_preacts=True)`` gives
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Normalize", "MLP", "SmallCNN", "CWCNN", "PreActResNet18", "MODELS", "build_model"]
+__all__ = ["Normalize", "MLP", "SmallCNN", "CWCNN", "AlexNetCIFAR", "PreActResNet18", "MODELS", "build_model"]
 
 
 class Normalize(nn.Module):
@@ -116,6 +116,31 @@ class CWCNN(SequentialReLUNet):
         super().__init__(Normalize(mean, std), layers)
 
 
+class AlexNetCIFAR(SequentialReLUNet):
+    """perceptual-advex's ``CifarAlexNet`` (Laidlaw et al. 2021, ``alexnet_cifar``), the LPIPS network
+    of their CIFAR-10 NPTM attacks: conv 64 3x3/2, maxpool 2, conv 192 3x3, maxpool 2, conv 384 3x3,
+    conv 256 3x3, conv 256 3x3, maxpool 2, then dropout, fc 4096, dropout, fc 4096, fc
+    ``num_classes`` (all convs padded 1). Any square size works (32 -> 16, 8, 4, 2; MNIST's 28 -> 14,
+    7, 3, 1: the MNIST analogue). The LPIPS features are the five conv ReLU outputs."""
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
+                 mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), hidden: int = 4096) -> None:
+        _check_shape(in_channels, image_size, num_classes)
+        s = image_size // 2 // 2 // 2 // 2
+        if s < 1:
+            raise ValueError(f"AlexNetCIFAR needs image_size >= 16, got {image_size}")
+        layers = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Dropout(), nn.Linear(256 * s * s, hidden), nn.ReLU(),
+            nn.Dropout(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
+        )
+        super().__init__(Normalize(mean, std), layers)
+
+
 class _PreActBlock(nn.Module):
     expansion = 1
 
@@ -178,11 +203,12 @@ MODELS: dict[str, type[nn.Module]] = {
     "smallcnn": SmallCNN,
     "cwcnn": CWCNN,
     "preactresnet18": PreActResNet18,
+    "alexnet_cifar": AlexNetCIFAR,
 }
 
 
 def build_model(name: str, spectral_norm: bool = False, **kwargs: Any) -> nn.Module:
-    """Build a model by name (``mlp``, ``smallcnn``, ``cwcnn``, ``preactresnet18``).
+    """Build a model by name (``mlp``, ``smallcnn``, ``cwcnn``, ``preactresnet18``, ``alexnet_cifar``).
 
     ``kwargs`` go to the constructor (``in_channels``, ``image_size``, ``num_classes``, ``mean``,
     ``std``, and model-specific ones such as ``hidden`` or ``width``). With ``spectral_norm=True`` every

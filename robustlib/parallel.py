@@ -1,4 +1,6 @@
-"""Forked CPU worker processes (one torch thread each) for evaluations bound by Python overhead.
+"""Forked CPU worker processes (one torch thread each) for evaluations bound by Python overhead: the one
+way robustlib runs work in worker processes (attacks: ``forked_pool``, ``Background``; verification:
+``imap``).
 
 Two such jobs side by side use both cores of a small machine where one job cannot. Fork (not spawn)
 keeps start-up cheap and lets workers inherit models and data; it is only used for CPU tensors.
@@ -6,8 +8,10 @@ keeps start-up cheap and lets workers inherit models and data; it is only used f
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from multiprocessing.pool import Pool
 from typing import Any
 
@@ -23,11 +27,41 @@ def forked_pool(processes: int) -> Pool:
 
 
 _INHERITED: dict[int, tuple[Callable[..., Any], tuple, dict]] = {}  # calls forked workers inherit
+_KEYS = itertools.count(-1, -1)  # keys for imap (negative: never an id())
 
 
 def _call_inherited(key: int) -> Any:
     fn, args, kwargs = _INHERITED[key]
     return fn(*args, **kwargs)
+
+
+def _call_inherited_on(key: int, item: Any) -> Any:
+    fn, args, kwargs = _INHERITED[key]
+    return fn(item, *args, **kwargs)
+
+
+def imap(fn: Callable[[Any], Any], items: Iterable[Any], processes: int = 1) -> Iterator[Any]:
+    """``fn(item)`` for every item, in order, as an iterator (results arrive as they finish, so a caller
+    can persist them as it goes). ``processes > 1``: in that many forked workers, one torch thread
+    each, that inherit ``fn`` through the fork (closures over models that do not pickle are fine);
+    only the items and the results are pickled. ``processes == 1``: in this process."""
+    processes = check_count("processes", processes, 1)
+    items = list(items)
+    if processes == 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    key = next(_KEYS)
+    _INHERITED[key] = (fn, (), {})
+    try:
+        pool = forked_pool(min(processes, len(items)))  # the fork copies _INHERITED as it is now
+    finally:
+        del _INHERITED[key]
+    try:
+        yield from pool.imap(partial(_call_inherited_on, key), items, chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 class Background:

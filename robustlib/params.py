@@ -43,9 +43,11 @@ SCHEMA: dict[str, set[str]] = {
     "attack": {"n_test", "batch_size", "linf_eps", "l2_eps", "pgd_steps", "pgd_restarts", "autoattack_version",
                "square_escalation", "processes", "transfer_from", "perceptual", "curve_n", "curve_linf_eps",
                "curve_l2_eps", "sanity"},
-    "verify": {"n_test", "eps", "milp_runs", "time_limit", "processes", "pgd_steps", "pgd_restarts", "bounds"},
+    "verify": {"n_test", "eps", "milp_runs", "time_limit", "processes", "pgd_steps", "pgd_restarts", "bounds",
+               "solver", "shard_size", "margin_atol", "margin_rtol", "margin_float32"},
     "ablations": {"table_runs", "sweep_runs"},
     "laplacian": {"sparse_run", "dense_run", "fraction"},
+    "lpips": set(),  # filled lazily with TrainConfig's fields (the LPIPS network's training, lpips stage)
     "report": {"curve_metrics"},
 }
 REQUIRED = ("base", "data", "train", "runs", "run_names", "attack", "verify", "ablations", "laplacian")
@@ -114,7 +116,7 @@ def validate(params: Mapping[str, Any]) -> None:
             raise ParamsError(f"params section {section!r} is read by no stage; known: {sorted(SCHEMA)}")
         if not isinstance(body, list if section == "run_names" else Mapping):
             raise ParamsError(f"params section {section!r} must be a {'list' if section == 'run_names' else 'mapping'}")
-        allowed = train_keys if section == "train" else SCHEMA[section]
+        allowed = train_keys if section in ("train", "lpips") else SCHEMA[section]
         if section not in ("runs", "finetunes", "run_names"):
             bad = sorted(set(body) - allowed)
             if bad:
@@ -139,14 +141,36 @@ def validate(params: Mapping[str, Any]) -> None:
             raise ParamsError(f"finetunes.{name}.init_from must name a run in runs, got {parent!r}")
     for run in all_runs(params):
         run_config(params, run)
+        if run.startswith("_"):
+            raise ParamsError(f"run name {run!r}: names starting with '_' are reserved (runs/_lpips)")
+    if "lpips" in params:
+        lpips_config(params)
     for key in ("transfer_from",):
         if params["attack"].get(key) not in (None, *all_runs(params)):
             raise ParamsError(f"attack.{key}: unknown run {params['attack'][key]!r}")
+    _validate_verify(params["verify"])
     named = [*params["verify"]["milp_runs"], *params["ablations"]["table_runs"], *params["ablations"]["sweep_runs"],
              params["laplacian"]["sparse_run"], params["laplacian"]["dense_run"]]
     unknown = sorted(set(named) - set(all_runs(params)))
     if unknown:
         raise ParamsError(f"verify/ablations/laplacian name unknown runs {unknown}; runs: {all_runs(params)}")
+
+
+def _validate_verify(vp: Mapping[str, Any]) -> None:
+    from robustlib.verify import SOLVERS
+
+    if "solver" in vp and vp["solver"] not in SOLVERS:
+        raise ParamsError(f"verify.solver must be one of {list(SOLVERS)}, got {vp['solver']!r}")
+    for key, lo in (("shard_size", 1), ("processes", 1), ("n_test", 1)):
+        if key in vp and not (isinstance(vp[key], int) and vp[key] >= lo):
+            raise ParamsError(f"verify.{key} must be an integer >= {lo}, got {vp[key]!r}")
+    if "margin_float32" in vp and not isinstance(vp["margin_float32"], bool):
+        raise ParamsError(f"verify.margin_float32 must be true or false, got {vp['margin_float32']!r}")
+    for key in ("margin_atol", "margin_rtol", "time_limit"):
+        if key in vp and not (isinstance(vp[key], (int, float)) and vp[key] >= 0):
+            raise ParamsError(f"verify.{key} must be a number >= 0, got {vp[key]!r}")
+    if "time_limit" in vp and not vp["time_limit"] > 0:
+        raise ParamsError(f"verify.time_limit must be > 0, got {vp['time_limit']!r}")
 
 
 def all_runs(params: Mapping[str, Any]) -> list[str]:
@@ -177,6 +201,27 @@ def run_config(params: Mapping[str, Any], run: str):
         return TrainConfig(**spec)
     except (TypeError, ValueError) as err:
         raise ParamsError(f"runs.{run}: {err}") from err
+
+
+def lpips_config(params: Mapping[str, Any]):
+    """The ``TrainConfig`` of the fixed LPIPS network (lpips stage): the ``lpips`` section (model
+    ``alexnet_cifar`` by default) over the ``train`` defaults, plain cross-entropy, no spectral norm,
+    the dataset's shape and normalization in ``model_kwargs``."""
+    from robustlib.data import dataset_info
+    from robustlib.train import TrainConfig
+
+    spec = _merge(params.get("train", {}), {"model": "alexnet_cifar", **(params.get("lpips") or {})})
+    spec.update(objective={"ce": 1.0}, spectral_norm=False, init_from=None)
+    info = dataset_info(params["data"]["dataset"])
+    kwargs = {"in_channels": info.in_channels, "image_size": info.image_size,
+              "num_classes": info.num_classes, "mean": list(info.mean), "std": list(info.std)}
+    kwargs.update(spec.get("model_kwargs") or {})
+    spec["model_kwargs"] = kwargs
+    spec.setdefault("seed", params["base"].get("seed", 0))
+    try:
+        return TrainConfig(**spec)
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"lpips: {err}") from err
 
 
 def use_profile(name: str, root: str | Path | None = None) -> Path:

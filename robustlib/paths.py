@@ -64,3 +64,23 @@ def verify_results_path(root: Path, run: str) -> Path:
 
 def verify_metrics_path(root: Path, run: str) -> Path:
     return Path(root) / "reports" / "metrics" / "verify" / f"{run}.json"
+
+
+def verify_shard_dir(root: Path, run: str) -> Path:
+    """Per-shard verification results of an unfinished verify stage (kept outside the stage's DVC
+    outputs, which DVC removes before a stage runs, so a killed stage resumes from them); deleted when
+    the stage completes."""
+    return run_dir(root, run) / "verify_shards"
+
+
+def lpips_model_path(root: Path) -> Path:
+    """The fixed LPIPS network of the NPTM attacks (LPA, PPGD), trained by the lpips stage."""
+    return Path(root) / "runs" / "_lpips" / "model.pt"
+
+
+def lpips_resume_path(root: Path) -> Path:
+    return Path(root) / "runs" / "_lpips" / "resume.pt"
+
+
+def lpips_metrics_path(root: Path) -> Path:
+    return Path(root) / "reports" / "metrics" / "lpips.json"

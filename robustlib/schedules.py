@@ -43,3 +43,7 @@ class EpsRamp:
 
     def __call__(self, eps: float, progress: float) -> float:
         return eps * piecewise_linear(((self.start, self.initial), (self.end, 1.0)), progress)
+
+    def fraction(self, progress: float) -> float:
+        """How much of the ramp is done at ``progress``: 0 before ``start``, 1 after ``end``."""
+        return piecewise_linear(((self.start, 0.0), (self.end, 1.0)), progress)

@@ -163,7 +163,8 @@ def train(cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
             if cfg.augment == "crop_flip":
                 x = augment_crop_flip(x, gen)
             x, y = x.to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
-            ctx = StepContext(model, x, y, ThreatModel(cfg.norm, eps), frac, gen)
+            ctx = StepContext(model, x, y, ThreatModel(cfg.norm, eps), frac, gen,
+                              eps_fraction=eps_ramp.fraction(frac) if eps_ramp else 1.0)
             loss, parts = objective(ctx)
             loss_value = float(loss.detach())
             if not torch.isfinite(loss.detach()):

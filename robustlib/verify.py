@@ -1,40 +1,55 @@
 """Complete verification of ReLU networks by mixed-integer linear programming (Tjeng et al. 2019,
 "Evaluating Robustness of Neural Networks with Mixed Integer Programming", MIPVerify), solved with
-HiGHS (``highspy``).
+HiGHS (``highspy``) or, on the same encoding, SCIP (``pyscipopt``) as an independent second solver.
 
 For each example, cheapest first:
 
 1. the clean example misclassified -> ``falsified`` (counterexample = x);
 2. given ``counterexamples`` (e.g. the attack stage's points) that replay -> ``falsified``;
-3. bounds (``robustlib.bounds``: interval, or progressive CROWN) prove ``z_y - z_j > 0`` for all j
+3. bounds (``robustlib.bounds``: interval, or progressive CROWN) prove ``z_y - z_j > tol`` for all j
    -> ``verified`` (method ``bounds``);
 4. a short PGD (margin loss) whose point replays -> ``falsified``;
 5. the MILP: the exact network on the L-inf eps-ball intersected with [0, 1]; each unstable ReLU
    gets a binary and big-M constraints from the computed bounds (Tjeng et al., eq. 5), stable ReLUs
    are fixed (active = identity, inactive = 0); MaxPool2d is encoded exactly (one binary per window
    candidate). For every class j not already excluded by the bounds (most threatening first) it
-   minimizes ``z_y - z_j``, stopping as soon as the solver's dual bound is > ``margin_tol`` (class
+   minimizes ``z_y - z_j``, stopping as soon as the solver's dual bound is > ``tol`` (class
    excluded) or an improving solution with margin < 0 replays as a float32 PyTorch counterexample
    (inside the ball, in [0, 1], misclassified). A solver point that does not replay never counts:
    the search goes on, and if nothing replays the result is ``unknown``.
 
-The time limit covers the whole example. A timeout, solver error or numerical trouble gives
-``unknown``, never ``verified``. "verified" is a statement about the network in exact arithmetic
-with a margin of at least ``margin_tol``; bounds are computed in float64 and padded before use.
+Numerical safety. "verified" means a proven lower bound of ``min_j z_y - z_j`` (a bound, or the
+solver's dual bound) exceeds ``tol = atol + rtol * S`` (``bounds.margin_tolerance``): ``S`` bounds
+the largest logit magnitude over the box (the scale of the big-M constants and of the objective,
+against which the solvers' feasibility tolerances act; float32 evaluation errors are ~1e-6 of it).
+With ``margin_float32`` the tolerance also adds ``2 E``, a rigorous bound on the float32 evaluation
+error of every logit (Higham's forward error bound for dot products), so that the float32 network's
+argmax provably cannot flip anywhere in the ball. IBP certificates (``bounds.ibp_certified``) use the
+same tolerance. Every solver option that affects the result is set explicitly (``HIGHS_OPTIONS``,
+``SCIP_PARAMS``) and recorded with the results (``solver_settings``).
 
-L2 threat models: HiGHS has no quadratic constraints, so no MILP is run; the bounds on the
+The time limit covers the whole example. A timeout, solver error, numerical trouble or a proven
+margin within the tolerance gives ``unknown`` (with ``reason``), never ``verified``; bounds are
+computed in float64 and padded before use as big-M constants.
+
+Resuming: ``verify(..., shard_dir=...)`` saves the results per block of examples as each block
+finishes, keyed by a hash of the whole computation, and a later call loads the finished blocks.
+
+L2 threat models: the encoding has no quadratic constraints, so no MILP is run; the bounds on the
 enclosing L-inf box (sound) may verify, otherwise the verdict is ``unknown``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
-import multiprocessing as mp
+import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,29 +57,65 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustlib import parallel
 from robustlib.bounds import (
     BOUND_METHODS,
+    MARGIN_ATOL,
+    MARGIN_RTOL,
     _affine,
     _pool_args,
     affine_linear_part,
     input_box,
     margin_lower_bounds,
+    margin_tolerance,
     to_sequential,
 )
 from robustlib.threat import NORMS, ThreatModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VerifyResult", "verify", "verify_one", "summarize", "replays", "MILPEncoder", "VERDICTS"]
+__all__ = ["VerifyResult", "verify", "verify_one", "summarize", "replays", "MILPEncoder", "VERDICTS", "SOLVERS",
+           "UNKNOWN_REASONS", "HIGHS_OPTIONS", "SCIP_PARAMS", "solve_class", "solver_settings", "verify_key"]
 
 VERDICTS = ("verified", "falsified", "unknown")
+SOLVERS = ("highs", "scip")
+UNKNOWN_REASONS = ("timeout", "within_tolerance", "no_replay", "solver_error", "solver_infeasible", "solver_status",
+                   "build_error", "l2_no_milp")
+"""Why an example is ``unknown``: the time limit; the optimum margin lies within the numerical tolerance of
+0 (neither provably > tol nor a replayable counterexample); a negative solver point that float32 PyTorch
+does not confirm; solver failure, infeasibility (numerical: the encoding is never empty) or another
+status; the MILP could not be built; L2 (bounds only)."""
+
+HIGHS_OPTIONS: dict[str, float | int | str] = {
+    "primal_feasibility_tolerance": 1e-7,  # HiGHS defaults, set explicitly (and recorded)
+    "dual_feasibility_tolerance": 1e-7,
+    "mip_feasibility_tolerance": 1e-6,
+    "mip_rel_gap": 1e-4,  # only ends a search early; verdicts use the dual bound, never the gap
+    "mip_abs_gap": 1e-6,
+    "presolve": "on",
+    "threads": 1,
+    "random_seed": 0,  # replaced by verify's seed
+}
+SCIP_PARAMS: dict[str, float | int | bool] = {
+    "numerics/feastol": 1e-6,  # = HiGHS's mip_feasibility_tolerance
+    "numerics/dualfeastol": 1e-7,  # = HiGHS's dual_feasibility_tolerance
+    "numerics/epsilon": 1e-9,
+    "limits/gap": 1e-4,
+    "limits/absgap": 1e-6,
+    "parallel/maxnthreads": 1,
+    "lp/threads": 1,
+    "randomization/randomseedshift": 0,  # replaced by verify's seed
+    "misc/catchctrlc": False,
+}
 REPLAY_RTOL = 1e-6
 """Relative slack on eps when replaying *given* counterexamples (float32 rounding of x +- eps)."""
 
 
 @dataclass
 class VerifyResult:
-    """The outcome for one example."""
+    """The outcome for one example. ``margin``: the proven lower bound of ``min_j z_y - z_j`` over the
+    ball when verified (NaN otherwise); ``tol``: the tolerance it had to exceed (NaN when decided
+    before any bound was computed); ``reason``: why the verdict is ``unknown`` (``UNKNOWN_REASONS``)."""
 
     verdict: str
     seconds: float
@@ -73,6 +124,9 @@ class VerifyResult:
     stable: int
     method: str
     detail: str
+    margin: float = math.nan
+    tol: float = math.nan
+    reason: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -290,14 +344,18 @@ class _MILP:
     unstable: int
     stable: int
 
-    def highs(self, threads: int = 1):
-        """A ``highspy.Highs`` instance holding the constraints (objective set per class)."""
+    def highs(self, threads: int = 1, seed: int = 0):
+        """A ``highspy.Highs`` instance holding the constraints (objective set per class), with the
+        options of ``HIGHS_OPTIONS`` set explicitly."""
         import highspy
 
         h = highspy.Highs()
         h.silent()
         h.setOptionValue("output_flag", False)
+        for key, value in HIGHS_OPTIONS.items():
+            h.setOptionValue(key, value)
         h.setOptionValue("threads", int(threads))
+        h.setOptionValue("random_seed", int(seed))
         lp = highspy.HighsLp()
         n = self.col_lo.size
         lp.num_col_, lp.num_row_ = n, self.A.shape[0]
@@ -322,6 +380,32 @@ class _MILP:
         row = self.P_out[y] - self.P_out[j]
         return np.asarray(row.todense()).ravel(), float(self.q_out[y] - self.q_out[j])
 
+    def scip(self, seed: int = 0):
+        """A ``pyscipopt.Model`` holding the same variables, bounds, integrality and rows (``row_lo <=
+        A v <= row_hi``) as ``highs``, with ``SCIP_PARAMS`` set explicitly; returns ``(model, vars)``."""
+        from pyscipopt import Model
+        from pyscipopt.scip import Expr, ExprCons, Term
+
+        model = Model()
+        model.hideOutput()
+        for key, value in SCIP_PARAMS.items():
+            model.setParam(key, value)
+        model.setParam("randomization/randomseedshift", int(seed))
+        inf = model.infinity()
+        xs = [model.addVar(name=f"v{k}", vtype="B" if integ and lo >= 0 and hi <= 1 else ("I" if integ else "C"),
+                           lb=None if lo == -np.inf else float(lo), ub=None if hi == np.inf else float(hi))
+              for k, (lo, hi, integ) in enumerate(zip(self.col_lo.tolist(), self.col_hi.tolist(),
+                                                      self.integer.tolist(), strict=True))]
+        terms = [Term(v) for v in xs]
+        A = self.A
+        for r in range(A.shape[0]):
+            a, b = A.indptr[r], A.indptr[r + 1]
+            expr = Expr(dict(zip([terms[k] for k in A.indices[a:b].tolist()], A.data[a:b].tolist(), strict=True)))
+            lo, hi = float(self.row_lo[r]), float(self.row_hi[r])
+            model.addCons(ExprCons(expr, lhs=None if lo <= -inf else lo, rhs=None if hi >= inf else hi),
+                          name=f"r{r}")
+        return model, xs
+
 
 @dataclass
 class _ClassOutcome:
@@ -330,12 +414,106 @@ class _ClassOutcome:
     primal: float
     point: Tensor | None
     detail: str
+    reason: str = ""  # for "unknown": see UNKNOWN_REASONS
+
+
+def _unknown_reason(timed_out: bool, primal: float, has_primal: bool, margin_tol: float) -> str:
+    """Why a finished class solve decided nothing (no exclusion, no replayed counterexample)."""
+    if timed_out:
+        return "timeout"
+    if has_primal and primal < -margin_tol:
+        return "no_replay"  # a clearly negative solver point that float32 PyTorch does not confirm
+    return "within_tolerance"  # the optimum is within the numerical tolerance of 0
+
+
+def solve_class(milp: _MILP, solver: str, y: int, j: int, time_left: float, margin_tol: float, replay_fn,
+                stop_early: bool = True, seed: int = 0) -> _ClassOutcome:
+    """Minimize ``z_y - z_j`` over the MILP with ``solver`` (``highs`` or ``scip``); with ``stop_early``
+    stop once the dual bound exceeds ``margin_tol`` or a point with negative margin replays
+    (``replay_fn(x_flat) -> Tensor | None``)."""
+    if solver == "highs":
+        return _solve_class(milp.highs(seed=seed), milp, y, j, time_left, margin_tol, replay_fn, stop_early)
+    if solver == "scip":
+        return _solve_class_scip(milp, y, j, time_left, margin_tol, replay_fn, stop_early, seed)
+    raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+
+
+SCIP_OBJLIMIT_SLACK = 1e-6
+"""SCIP stops early through an objective limit ``margin_tol + slack``: nodes whose bound reaches it
+are pruned (up to SCIP's epsilon, 1e-9), so "infeasible" under the limit proves the minimum margin
+>= ``margin_tol + slack - 1e-8`` > ``margin_tol``."""
+
+
+def _solve_class_scip(milp: _MILP, y: int, j: int, time_left: float, margin_tol: float, replay_fn,
+                      stop_early: bool = True, seed: int = 0) -> _ClassOutcome:
+    """``solve_class`` with SCIP (``pyscipopt``) on the same encoding. Improving solutions with negative
+    margin are replayed as they are found (an event handler), as with HiGHS."""
+    from pyscipopt import SCIP_EVENTTYPE, Eventhdlr
+    from pyscipopt.scip import Expr, Term
+
+    t_build = time.perf_counter()
+    model, xs = milp.scip(seed)
+    time_left -= time.perf_counter() - t_build  # the time limit covers building the model
+    cost, offset = milp.margin_objective(y, j)
+    nz = np.flatnonzero(cost)
+    model.setObjective(Expr({Term(xs[k]): float(cost[k]) for k in nz.tolist()}), "minimize")
+    model.addObjoffset(offset)
+    objlimit = margin_tol + SCIP_OBJLIMIT_SLACK
+    if stop_early:
+        model.setObjlimit(objlimit)
+    model.setParam("limits/time", max(float(time_left), 1e-3))
+    inputs = xs[:milp.n_input]
+    state = {"point": None, "tried": 0}
+
+    class _Replay(Eventhdlr):
+        def eventinit(self) -> None:
+            self.model.catchEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+
+        def eventexit(self) -> None:
+            self.model.dropEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+
+        def eventexec(self, event) -> None:
+            sol = self.model.getBestSol()
+            if (self.model.getSolObjVal(sol) < 0 and state["point"] is None and state["tried"] < 50):
+                state["tried"] += 1
+                state["point"] = replay_fn(np.array([self.model.getSolVal(sol, v) for v in inputs]))
+                if state["point"] is not None and stop_early:
+                    self.model.interruptSolve()
+
+    model.includeEventhdlr(_Replay(), "replay", "replays improving solutions in float32 PyTorch")
+    model.optimize()
+    status = model.getStatus()
+    has_primal = model.getNSols() > 0
+    primal = float(model.getPrimalbound()) if has_primal else math.inf
+    dual = float(model.getDualbound())
+    if status == "infeasible" and stop_early:
+        dual = max(dual if abs(dual) < 1e19 else -math.inf, objlimit - 1e-8)  # proven by the objective limit
+    elif status == "infeasible":
+        dual = math.inf
+    if abs(dual) >= 1e19:
+        dual = math.copysign(math.inf, dual)
+    if state["point"] is not None:
+        return _ClassOutcome("counterexample", dual, primal, state["point"], f"class {j}: replayed")
+    if status == "infeasible" and not stop_early:
+        return _ClassOutcome("unknown", dual, primal, None, f"class {j}: SCIP reports infeasible", "solver_infeasible")
+    if status in ("optimal", "infeasible", "timelimit", "userinterrupt", "gaplimit") and dual > margin_tol:
+        return _ClassOutcome("excluded", dual, primal, None, f"class {j}: dual bound {dual:.4g}")
+    if primal < 0 and has_primal:
+        sol = model.getBestSol()
+        point = replay_fn(np.array([model.getSolVal(sol, v) for v in inputs]))
+        if point is not None:
+            return _ClassOutcome("counterexample", dual, primal, point, f"class {j}: replayed")
+    if status not in ("optimal", "timelimit", "userinterrupt", "gaplimit"):
+        return _ClassOutcome("unknown", dual, primal, None, f"class {j}: SCIP status {status}", "solver_status")
+    reason = _unknown_reason(status == "timelimit", primal, has_primal, margin_tol)
+    return _ClassOutcome("unknown", dual, primal, None,
+                         f"class {j}: SCIP {status}, dual bound {dual:.4g}, margin {primal:.3g}", reason)
 
 
 def _solve_class(h, milp: _MILP, y: int, j: int, time_left: float, margin_tol: float, replay_fn,
                  stop_early: bool = True) -> _ClassOutcome:
-    """Minimize ``z_y - z_j``; stop once the dual bound exceeds ``margin_tol`` or a point with
-    negative margin replays (``replay_fn(x_flat) -> Tensor | None``)."""
+    """``solve_class`` with HiGHS: minimize ``z_y - z_j``; stop once the dual bound exceeds
+    ``margin_tol`` or a point with negative margin replays (``replay_fn(x_flat) -> Tensor | None``)."""
     import highspy
 
     cost, offset = milp.margin_objective(y, j)
@@ -368,22 +546,29 @@ def _solve_class(h, milp: _MILP, y: int, j: int, time_left: float, margin_tol: f
     if status == highspy.HighsModelStatus.kInterrupt:
         dual = max(dual, state["dual"]) if math.isfinite(dual) else state["dual"]
     primal = float(info.objective_function_value) if info.primal_solution_status else math.inf
+    if not milp.integer.any() and status == highspy.HighsModelStatus.kOptimal:
+        dual = primal  # every ReLU stable: an LP, solved by simplex (no MIP dual bound is reported)
     if state["point"] is not None:
         return _ClassOutcome("counterexample", dual, primal, state["point"], f"class {j}: replayed")
     if status == highspy.HighsModelStatus.kInfeasible:
         # The box and the encoding are never empty in exact arithmetic: numerical trouble.
-        return _ClassOutcome("unknown", dual, primal, None, f"class {j}: solver reports infeasible")
-    if status in (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kInterrupt,
-                  highspy.HighsModelStatus.kTimeLimit) and dual > margin_tol:
+        return _ClassOutcome("unknown", dual, primal, None, f"class {j}: solver reports infeasible",
+                             "solver_infeasible")
+    finished = (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kInterrupt,
+                highspy.HighsModelStatus.kTimeLimit)
+    if status in finished and dual > margin_tol:
         return _ClassOutcome("excluded", dual, primal, None, f"class {j}: dual bound {dual:.4g}")
-    if primal < 0 and info.primal_solution_status:
+    has_primal = bool(info.primal_solution_status)
+    if primal < 0 and has_primal:
         sol = np.array(h.getSolution().col_value[:milp.n_input])
         point = replay_fn(sol)
         if point is not None:
             return _ClassOutcome("counterexample", dual, primal, point, f"class {j}: replayed")
-        return _ClassOutcome("unknown", dual, primal, None,
-                             f"class {j}: {name}, margin {primal:.3g} < 0 but the point does not replay")
-    return _ClassOutcome("unknown", dual, primal, None, f"class {j}: {name}, dual bound {dual:.4g}")
+    if status not in finished:
+        return _ClassOutcome("unknown", dual, primal, None, f"class {j}: HiGHS status {name}", "solver_status")
+    reason = _unknown_reason(status == highspy.HighsModelStatus.kTimeLimit, primal, has_primal, margin_tol)
+    return _ClassOutcome("unknown", dual, primal, None,
+                         f"class {j}: {name}, dual bound {dual:.4g}, margin {primal:.3g}", reason)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -414,15 +599,18 @@ def _ascend_from(model: nn.Module, start: Tensor, x: Tensor, y: Tensor, threat: 
 
 def verify_one(model: nn.Module, x: Tensor, y: int, eps: float, norm: str = "linf", time_limit: float = 60.0,
                counterexample: Tensor | None = None, bounds: str = "linear", attack_steps: int = 20,
-               margin_tol: float = 1e-5, seed: int = 0, encoder: MILPEncoder | None = None) -> VerifyResult:
+               solver: str = "highs", margin_atol: float = MARGIN_ATOL, margin_rtol: float = MARGIN_RTOL,
+               margin_float32: bool = False, seed: int = 0, encoder: MILPEncoder | None = None) -> VerifyResult:
     """Verify one example ``x`` (per-example shape, no batch dimension); see ``verify``."""
     t0 = time.perf_counter()
     deadline = t0 + time_limit
     net = to_sequential(model)
     xb, yb = x.unsqueeze(0).float(), torch.tensor([int(y)])
+    tol, unstable, stable = math.nan, 0, 0
 
-    def result(verdict, ce, unstable, stable, method, detail) -> VerifyResult:
-        return VerifyResult(verdict, time.perf_counter() - t0, ce, unstable, stable, method, detail)
+    def result(verdict, ce, unstable, stable, method, detail, margin=math.nan, reason="") -> VerifyResult:
+        return VerifyResult(verdict, time.perf_counter() - t0, ce, unstable, stable, method, detail,
+                            float(margin), float(tol), reason)
 
     with torch.no_grad():
         if bool(replays(model, xb, xb, yb, eps, norm)[0]):
@@ -433,13 +621,14 @@ def verify_one(model: nn.Module, x: Tensor, y: int, eps: float, norm: str = "lin
                 return result("falsified", ce[0].clone(), 0, 0, "attack", "given counterexample replays")
         lower, upper = input_box(xb.double(), eps, norm)
         m, act = margin_lower_bounds(net, lower, upper, yb, bounds)
+        tol = float(margin_tolerance(net, lower, upper, act, margin_atol, margin_rtol, margin_float32).tol[0])
         relus = [i for i, layer in enumerate(net) if isinstance(layer, nn.ReLU)]
         unstable = sum(int(((act[i][0] < 0) & (act[i][1] > 0)).sum()) for i in relus)
         stable = sum(act[i][0].numel() for i in relus) - unstable
         m = m[0]
-        if bool((m > margin_tol).all()):
+        if bool((m > tol).all()):
             return result("verified", None, unstable, stable, "bounds",
-                          f"{bounds} bounds: min margin >= {float(m.min()):.4g}")
+                          f"{bounds} bounds: min margin >= {float(m.min()):.4g} > tol {tol:.3g}", float(m.min()))
     if attack_steps > 0 and norm == "linf" and eps > 0:
         gen = torch.Generator().manual_seed(seed)
         threat = ThreatModel(norm, eps)
@@ -450,9 +639,11 @@ def verify_one(model: nn.Module, x: Tensor, y: int, eps: float, norm: str = "lin
             return result("falsified", x_adv[0], unstable, stable, "attack", f"PGD-{attack_steps} (margin loss)")
     if norm != "linf":
         return result("unknown", None, unstable, stable, "bounds",
-                      "L2: no MILP (HiGHS has no quadratic constraints); bounds inconclusive")
+                      "L2: no MILP (the encoding has no quadratic constraints); bounds inconclusive",
+                      reason="l2_no_milp")
     if time.perf_counter() >= deadline:
-        return result("unknown", None, unstable, stable, "bounds", "time limit reached before the MILP")
+        return result("unknown", None, unstable, stable, "bounds", "time limit reached before the MILP",
+                      reason="timeout")
 
     x_flat = xb[0]
 
@@ -470,33 +661,41 @@ def verify_one(model: nn.Module, x: Tensor, y: int, eps: float, norm: str = "lin
         act_np = {i: (lo[0].flatten().numpy(), hi[0].flatten().numpy()) for i, (lo, hi) in act.items()}
         milp = enc.build(lower[0].flatten().numpy(), upper[0].flatten().numpy(), act_np)
     except (RuntimeError, ValueError, MemoryError) as err:
-        return result("unknown", None, unstable, stable, "milp", f"could not build the MILP: {err}")
-    classes = [int(j) for j in torch.argsort(m) if int(j) != int(y) and float(m[j]) <= margin_tol]
-    details, duals = [], []
+        return result("unknown", None, unstable, stable, "milp", f"could not build the MILP: {err}",
+                      reason="build_error")
+    classes = [int(j) for j in torch.argsort(m) if int(j) != int(y) and float(m[j]) <= tol]
+    proven = [float(m[j]) for j in range(len(m)) if j != int(y) and j not in classes]  # excluded by the bounds
+    details = []
     for j in classes:
         left = deadline - time.perf_counter()
         if left <= 0:
             return result("unknown", None, milp.unstable, milp.stable, "milp",
-                          f"time limit ({time_limit:g} s); " + "; ".join(details))
+                          f"time limit ({time_limit:g} s); " + "; ".join(details), reason="timeout")
         try:
             # a fresh solver per class: HiGHS keeps a user interrupt across runs
-            out = _solve_class(milp.highs(), milp, int(y), j, left, margin_tol, replay_fn)
+            out = solve_class(milp, solver, int(y), j, left, tol, replay_fn, seed=seed)
+        except ImportError:
+            raise
         except Exception as err:  # solver errors are never "verified"
-            logger.warning("HiGHS failed on class %d: %s", j, err)
-            return result("unknown", None, milp.unstable, milp.stable, "milp", f"solver error: {err}")
+            logger.warning("%s failed on class %d: %s", solver, j, err)
+            return result("unknown", None, milp.unstable, milp.stable, "milp", f"{solver} error: {err}",
+                          reason="solver_error")
         if out.status == "counterexample":
             return result("falsified", out.point, milp.unstable, milp.stable, "milp", out.detail)
         if out.status != "excluded":
-            timeout = time.perf_counter() >= deadline - 1e-3
+            timeout = out.reason == "timeout" or time.perf_counter() >= deadline - 1e-3
             return result("unknown", None, milp.unstable, milp.stable, "milp",
-                          ("time limit: " if timeout else "") + out.detail)
+                          ("time limit: " if timeout else "") + out.detail,
+                          reason="timeout" if timeout else out.reason)
         details.append(out.detail)
-        duals.append(out.dual_bound)
+        proven.append(max(out.dual_bound, float(m[j])))
     return result("verified", None, milp.unstable, milp.stable, "milp",
-                  f"{len(classes)} MILPs; min dual bound {min(duals, default=math.inf):.4g}")
+                  f"{len(classes)} MILPs ({solver}); min proven margin {min(proven):.4g} > tol {tol:.3g}",
+                  min(proven))
 
 
-def _check_inputs(model, x, y, eps, norm, time_limit, processes, bounds):
+def _check_inputs(model, x, y, eps, norm, time_limit, processes, bounds, solver="highs", margin_atol=MARGIN_ATOL,
+                  margin_rtol=MARGIN_RTOL, shard_size=1):
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
@@ -505,8 +704,19 @@ def _check_inputs(model, x, y, eps, norm, time_limit, processes, bounds):
         raise ValueError(f"time_limit must be > 0, got {time_limit}")
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if bounds not in BOUND_METHODS:
         raise ValueError(f"unknown bound method {bounds!r}; expected one of {BOUND_METHODS}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    if solver == "scip":
+        try:
+            import pyscipopt  # noqa: F401
+        except ImportError as err:
+            raise ValueError("solver 'scip' needs pyscipopt (pip install pyscipopt; it is in pyproject.toml)") from err
+    if not (math.isfinite(margin_atol) and math.isfinite(margin_rtol) and margin_atol >= 0 and margin_rtol >= 0):
+        raise ValueError(f"margin_atol and margin_rtol must be finite and >= 0, got {margin_atol!r}, {margin_rtol!r}")
     if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise ValueError(f"x must be (B, ...) and y (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
     if not torch.isfinite(x).all() or bool((x < 0).any()) or bool((x > 1).any()):
@@ -524,28 +734,68 @@ def _check_inputs(model, x, y, eps, norm, time_limit, processes, bounds):
     return net
 
 
-_WORKER: dict = {}
+# ---------------------------------------------------------------------------------------------------
+# Shards: results persisted per block of examples, so that an interrupted run resumes
+# ---------------------------------------------------------------------------------------------------
+def _hash_tensor(h, t: Tensor | None) -> None:
+    if t is None:
+        h.update(b"none")
+        return
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
-def _worker_init(model: nn.Module, kwargs: dict) -> None:
-    torch.set_num_threads(1)
-    _WORKER["model"] = model.eval()
-    _WORKER["kwargs"] = kwargs
-    _WORKER["encoder"] = None
+def verify_key(model: nn.Module, x: Tensor, y: Tensor, counterexamples: Sequence[Tensor | None],
+               settings: dict) -> str:
+    """A hash of everything that determines ``verify``'s results: the weights, the examples, the given
+    counterexamples and the settings (a shard is reused only by the same computation)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        _hash_tensor(h, t)
+    _hash_tensor(h, x.float())
+    _hash_tensor(h, y.long())
+    for c in counterexamples:
+        _hash_tensor(h, None if c is None else c.float())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
 
 
-def _worker_run(task):
-    i, x, y, ce = task
-    model, kw = _WORKER["model"], _WORKER["kwargs"]
-    if _WORKER["encoder"] is None and kw["norm"] == "linf":
-        _WORKER["encoder"] = MILPEncoder(to_sequential(model), tuple(x.shape))
-    return i, verify_one(model, x, y, counterexample=ce, encoder=_WORKER["encoder"], **kw)
+def _shard_file(shard_dir: Path, key: str, start: int) -> Path:
+    return shard_dir / f"{key[:24]}-{start:07d}.pt"
+
+
+def _save_shard(path: Path, key: str, start: int, results: Sequence[VerifyResult]) -> None:
+    blob = {"key": key, "start": start, "results": [
+        {**{k: v for k, v in asdict(r).items() if k != "counterexample"},
+         "counterexample": None if r.counterexample is None else r.counterexample.detach().cpu().clone()}
+        for r in results]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)  # a shard is either complete or absent
+
+
+def _load_shard(path: Path, key: str, start: int, n: int) -> list[VerifyResult] | None:
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file is recomputed, never trusted
+        logger.warning("ignoring unreadable shard %s: %s", path, err)
+        return None
+    if blob.get("key") != key or blob.get("start") != start or len(blob.get("results", ())) != n:
+        return None
+    return [VerifyResult(**r) for r in blob["results"]]
 
 
 def verify(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf", time_limit: float = 60.0,
            processes: int = 1, counterexamples: Tensor | Sequence[Tensor | None] | None = None,
-           bounds: str = "linear", attack_steps: int = 20, margin_tol: float = 1e-5, seed: int = 0,
-           progress: bool = True) -> list[VerifyResult]:
+           bounds: str = "linear", attack_steps: int = 20, solver: str = "highs",
+           margin_atol: float = MARGIN_ATOL, margin_rtol: float = MARGIN_RTOL, margin_float32: bool = False,
+           seed: int = 0, progress: bool = True, shard_dir: str | os.PathLike | None = None,
+           shard_size: int = 50) -> list[VerifyResult]:
     """Complete verification (Tjeng et al. 2019) of ``model`` at each ``(x[i], y[i])`` for the
     ``norm`` ball of radius ``eps`` intersected with [0, 1]; one ``VerifyResult`` per example.
 
@@ -553,59 +803,110 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf
     Conv2d/ReLU/MaxPool2d (kernel == stride), evaluated in eval mode; ``x`` in [0, 1].
     ``counterexamples``: optional candidate points (e.g. from attacks), replayed first.
     ``bounds``: ``"linear"`` (progressive CROWN) or ``"interval"`` (IBP) for certification and the
-    big-M constants. ``attack_steps``: PGD steps tried before the MILP (0 = none). ``time_limit``:
-    seconds per example, whole example. ``processes > 1``: a spawn process pool, 1 torch thread each.
-    L2: bounds only (HiGHS has no quadratic constraints), then ``unknown``.
+    big-M constants. ``attack_steps``: PGD steps tried before the MILP (0 = none). ``solver``:
+    ``"highs"`` or ``"scip"`` (the same encoding; options in ``HIGHS_OPTIONS`` / ``SCIP_PARAMS``).
+    ``margin_atol``, ``margin_rtol``, ``margin_float32``: the numerical tolerance
+    (``bounds.margin_tolerance``) a proven margin must exceed. ``time_limit``: seconds per example, whole example. ``processes > 1``: forked
+    workers (``robustlib.parallel``), one torch thread each.
+    ``shard_dir``: results are saved there per block of ``shard_size`` examples as each block
+    finishes, under a hash of the whole computation (``verify_key``); a later call with the same
+    inputs loads the finished blocks instead of recomputing them (resume after a kill).
+    L2: bounds only (the encoding has no quadratic constraints), then ``unknown``.
     """
-    net = _check_inputs(model, x, y, eps, norm, time_limit, processes, bounds)
+    net = _check_inputs(model, x, y, eps, norm, time_limit, processes, bounds, solver, margin_atol, margin_rtol,
+                        shard_size)
     if counterexamples is not None and len(counterexamples) != len(y):
         raise ValueError(f"counterexamples must have one entry per example ({len(y)}), got {len(counterexamples)}")
     ces = [None] * len(y) if counterexamples is None else [None if c is None else c.detach().cpu()
                                                             for c in counterexamples]
-    kw = dict(eps=float(eps), norm=norm, time_limit=float(time_limit), bounds=bounds,
-              attack_steps=int(attack_steps), margin_tol=float(margin_tol), seed=int(seed))
+    kw = dict(eps=float(eps), norm=norm, time_limit=float(time_limit), bounds=bounds, attack_steps=int(attack_steps),
+              solver=solver, margin_atol=float(margin_atol), margin_rtol=float(margin_rtol),
+              margin_float32=bool(margin_float32), seed=int(seed))
     was = model.training
     model.eval()
     try:
-        tasks = [(i, x[i].detach().cpu().float(), int(y[i]), ces[i]) for i in range(len(y))]
-        results: list[VerifyResult | None] = [None] * len(tasks)
-        if processes == 1 or len(tasks) <= 1:
-            enc = MILPEncoder(net, tuple(x.shape[1:])) if norm == "linf" and len(tasks) else None
-            for i, xi, yi, ce in tqdm(tasks, desc="verify", disable=not progress):
-                results[i] = verify_one(model, xi, yi, counterexample=ce, encoder=enc, **kw)
-        else:
-            ctx = mp.get_context("spawn")
-            with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_worker_init,
-                                     initargs=(model, kw)) as pool:
-                for i, res in tqdm(pool.map(_worker_run, tasks), total=len(tasks), desc="verify",
-                                   disable=not progress):
-                    results[i] = res
+        xs, ys = x.detach().cpu().float(), [int(v) for v in y]
+        n = len(ys)
+        results: list[VerifyResult | None] = [None] * n
+        starts = list(range(0, n, shard_size))
+        key = ""
+        if shard_dir is not None:
+            shard_dir = Path(shard_dir)
+            key = verify_key(model, xs, y.detach().cpu(), ces, {**kw, "solver_settings": solver_settings(solver)})
+            for s in starts:
+                e = min(s + shard_size, n)
+                loaded = _load_shard(_shard_file(shard_dir, key, s), key, s, e - s)
+                if loaded is not None:
+                    results[s:e] = loaded
+            done = sum(r is not None for r in results)
+            if done:
+                logger.info("verify: %d of %d examples loaded from shards in %s", done, n, shard_dir)
+        todo = [i for i in range(n) if results[i] is None]
+        enc = MILPEncoder(net, tuple(x.shape[1:])) if norm == "linf" and todo else None
+
+        def one(i: int) -> tuple[int, VerifyResult]:
+            return i, verify_one(model, xs[i], ys[i], counterexample=ces[i], encoder=enc, **kw)
+
+        for i, res in tqdm(parallel.imap(one, todo, processes), total=len(todo), desc="verify",
+                           disable=not progress):
+            results[i] = res
+            if shard_dir is not None:
+                s = (i // shard_size) * shard_size
+                e = min(s + shard_size, n)
+                if all(r is not None for r in results[s:e]) and not _shard_file(shard_dir, key, s).exists():
+                    _save_shard(_shard_file(shard_dir, key, s), key, s, results[s:e])
         return [r for r in results if r is not None]
     finally:
         model.train(was)
 
 
+def solver_settings(solver: str) -> dict:
+    """The solver, its version and every option set explicitly (recorded with the results)."""
+    if solver == "highs":
+        import highspy
+
+        h = highspy.Highs()
+        version = h.version() if hasattr(h, "version") else "unknown"
+        return {"solver": "highs", "version": version, "options": dict(HIGHS_OPTIONS)}
+    if solver == "scip":
+        import pyscipopt
+
+        return {"solver": "scip", "version": pyscipopt.__version__,
+                "scip_version": str(pyscipopt.Model().version()) if hasattr(pyscipopt.Model, "version") else "",
+                "options": dict(SCIP_PARAMS), "objlimit_slack": SCIP_OBJLIMIT_SLACK}
+    raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+
+
 def summarize(results: Sequence[VerifyResult]) -> dict:
-    """Counts per verdict and method, verified and decided fractions, median/p90 seconds, timeouts
-    and unstable-ReLU statistics."""
+    """Counts per verdict, method and reason for ``unknown``, verified and decided fractions,
+    median/p90 seconds, timeouts, unstable-ReLU statistics and the tolerances used."""
     n = len(results)
     secs = np.array([r.seconds for r in results], dtype=float)
     unst = np.array([r.unstable for r in results], dtype=float)
+    tols = np.array([r.tol for r in results if math.isfinite(r.tol)], dtype=float)
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
     methods: dict[str, int] = {}
+    reasons: dict[str, int] = {}
     for r in results:
         methods[r.method] = methods.get(r.method, 0) + 1
+        if r.verdict == "unknown":
+            reasons[r.reason or "unspecified"] = reasons.get(r.reason or "unspecified", 0) + 1
+    timeouts = reasons.get("timeout", 0)
     return {
         "n": n,
         **counts,
         "by_method": methods,
+        "unknown_reasons": reasons,
         "verified_fraction": counts["verified"] / n if n else float("nan"),
         "decided_fraction": (counts["verified"] + counts["falsified"]) / n if n else float("nan"),
         "median_seconds": float(np.median(secs)) if n else float("nan"),
         "p90_seconds": float(np.percentile(secs, 90)) if n else float("nan"),
         "mean_seconds": float(secs.mean()) if n else float("nan"),
-        "timeouts": sum("time limit" in r.detail for r in results),
+        "timeouts": timeouts,
+        "unknown_other": counts["unknown"] - timeouts,
         "unstable_mean": float(unst.mean()) if n else float("nan"),
         "unstable_median": float(np.median(unst)) if n else float("nan"),
         "unstable_max": int(unst.max()) if n else 0,
+        "tol_median": float(np.median(tols)) if len(tols) else float("nan"),
+        "tol_max": float(tols.max()) if len(tols) else float("nan"),
     }

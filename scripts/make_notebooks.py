@@ -42,6 +42,15 @@ NOTEBOOKS = {
                       "curve = pd.read_csv(paths.train_curve_path(out, run))\n"
                       "learning_curves_figure({run: curve}, ['train_loss', 'val_acc']);"),
     ],
+    "15_lpips.ipynb": [
+        new_markdown_cell("# Train the LPIPS network\n\nTrains the fixed LPIPS network of the NPTM attacks (LPA, "
+                          "PPGD): perceptual-advex's `alexnet_cifar` architecture (Laidlaw et al. 2021) on the "
+                          "dataset's training split, the same network for every attacked run (`lpips` params)."),
+        new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import lpips as stage"),
+        new_code_cell("metrics = stage.run(params_file, output_root)\npd.Series(metrics, name='lpips').to_frame()"),
+    ],
     "20_attack.ipynb": [
         new_markdown_cell("# Attack one named run\n\nFGSM, PGD (L-inf, L2), AutoAttack (with its checks), a transfer "
                           "attack and the perceptual attacks on the run's test examples; per-example worst case, "

@@ -8,6 +8,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The Hamming regularizer is compiled by torch.compile in training (robustlib.regularizers.manifold);
+# tests use the eager path (no compile time per test process) except the test that checks the compiled
+# one against it (test_regularizers.py::test_compiled_hamming_matches_the_eager_paths).
+os.environ.setdefault("ROBUSTLIB_COMPILE", "0")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():

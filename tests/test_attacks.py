@@ -331,3 +331,24 @@ def test_square_escalation_rejects_negative_counts(net):
     model, x, y = net
     with pytest.raises(ValueError, match="square_escalation"):
         autoattack(model, x[:4], y[:4], 0.3, "linf", square_escalation=-1)
+
+
+def test_zero_gradient_survivors_proven_robust_by_bounds_do_not_fail():
+    """A collapsed network (every first-layer ReLU dead, so the output is constant) is genuinely robust on
+    the examples of its constant class: their zero Jacobian is no blind spot, since interval bounds prove
+    them robust. ``autoattack`` accepts them (the wrapped, unboundable model above is still fatal)."""
+    from robustlib.bounds import ibp_certified
+    from robustlib.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("smallcnn", width=16)
+    with torch.no_grad():
+        model.layers[0].bias.fill_(-100.0)  # every first-layer pre-activation < 0 on [0, 1] images
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        c = int(model(x[:1]).argmax())
+    y = torch.tensor([c, (c + 1) % 10] * 4)
+    assert zero_jacobian(model, x).all() and ibp_certified(model, x[::2], y[::2], 0.3).all()
+    x_adv = autoattack(model, x, y, 0.3, "linf", batch_size=4)
+    with torch.no_grad():
+        assert (model(x_adv).argmax(1) == y).tolist() == [True, False] * 4

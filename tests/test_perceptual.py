@@ -1,6 +1,7 @@
-"""Perceptual attacks (StAdv, ReColorAdv, JPEG, LPA): their transforms against independent references
-(scipy's DCT, exact shifts, affine reproduction) and, on small trained nets, finite points in [0, 1]
-that obey each attack's own budget and lower accuracy."""
+"""Perceptual attacks (StAdv, ReColorAdv, JPEG, LPA, PPGD): their transforms against independent
+references (grid_sample, scipy's DCT, explicit loops, colour-science values, torch's Adam, hooks on the
+LPIPS network) and, on small trained nets, finite points in [0, 1] inside each threat model's set that
+lower accuracy."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlib.attacks import NotApplicable, jpeg, lpa, recoloradv, stadv
+from robustlib.attacks import NotApplicable, jpeg, lpa, ppgd, recoloradv, stadv
 from robustlib.attacks.perceptual.jpeg import block_dct, decode_change, encode, num_coefficients, rgb_to_ycbcr
-from robustlib.attacks.perceptual.lpa import lpips_distance
+from robustlib.attacks.perceptual.lpa import lpips_distance, lpips_features, newton_project
 from robustlib.attacks.perceptual.optimize import AdamStep, SignStep, ascend_params
 from robustlib.attacks.perceptual.recoloradv import (
     apply_color_function,
@@ -259,27 +260,73 @@ def test_recoloradv_not_applicable_to_grayscale(mnist_net):
         recoloradv(model, x, y)
 
 
-# --- LPA --------------------------------------------------------------------------------------------
-def test_lpips_distance_is_a_pseudometric(mnist_net):
-    model, x, _ = mnist_net
-    a, b, c = x[:8], x[8:16], x[16:24]
+# --- LPIPS, LPA, PPGD ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lpips_net():
+    """A small alexnet_cifar analogue trained briefly on MNIST: the fixed LPIPS network."""
+    train = load_split("mnist", train=True, root="data")
+    torch.manual_seed(1)
+    net = build_model("alexnet_cifar", in_channels=1, image_size=28, mean=(0.1307,), std=(0.3081,), hidden=64)
+    return _fit(net, train.images(torch.arange(1000, 2000)), train.labels(torch.arange(1000, 2000)), 1)
+
+
+def _lpips_by_hooks(net, a, b):
+    """Independent LPIPS: forward hooks on every ReLU of the whole network, keep 4-D outputs, normalize each
+    position's channel vector with vector_norm, sum over layers of the spatial mean of squared differences."""
+    feats = {}
+
+    def grab(x):
+        out = []
+        hooks = [m.register_forward_hook(lambda mod, i, o: out.append(o)) for m in net.modules()
+                 if isinstance(m, nn.ReLU)]
+        net(x)
+        for h in hooks:
+            h.remove()
+        return [o for o in out if o.dim() == 4]
+
+    fa, fb = grab(a), grab(b)
+    total = torch.zeros(a.shape[0], dtype=torch.float64)
+    for u, v in zip(fa, fb, strict=True):
+        u = u.double() / (torch.linalg.vector_norm(u.double(), dim=1, keepdim=True) + 1e-10)
+        v = v.double() / (torch.linalg.vector_norm(v.double(), dim=1, keepdim=True) + 1e-10)
+        total += (u - v).pow(2).sum(1).mean((1, 2))
+    feats["n_layers"] = len(fa)
+    return total.sqrt(), feats
+
+
+def test_lpips_distance_is_the_networks_lpips(lpips_net, mnist_net):
+    _, x, _ = mnist_net
     with torch.no_grad():
-        dab, dba, dac, dcb = (lpips_distance(model, p, q) for p, q in ((a, b), (b, a), (a, c), (c, b)))
-        assert torch.equal(lpips_distance(model, a, a), torch.zeros(8))
-    torch.testing.assert_close(dab, dba)
-    assert (dab <= dac + dcb + 1e-6).all() and (dab > 0).all()
+        ref, info = _lpips_by_hooks(lpips_net, x[:8], x[8:16])
+        d = lpips_distance(lpips_net, x[:8], x[8:16])
+        assert info["n_layers"] == 5  # alexnet_cifar's five conv ReLUs
+        torch.testing.assert_close(d.double(), ref, rtol=1e-4, atol=1e-6)
+        assert torch.equal(lpips_distance(lpips_net, x[:8], x[:8]), torch.zeros(8))
 
 
-def test_lpa_budget_and_strength(mnist_net):
+def test_newton_projection_lands_inside_and_leaves_inside_points_alone(lpips_net, mnist_net):
+    _, x, _ = mnist_net
+    x = x[:16]
+    g = torch.Generator().manual_seed(0)
+    far = (x + 0.5 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    near = (x + 1e-3 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    with torch.no_grad():
+        phi = lpips_features(lpips_net, x)
+        assert (lpips_distance(lpips_net, x, far) > 0.3).all() and (lpips_distance(lpips_net, x, near) < 0.3).all()
+    out = newton_project(lpips_net, x, phi, far, 0.3)
+    with torch.no_grad():
+        assert (lpips_distance(lpips_net, x, out) <= 0.3).all()
+    _valid(out, x)
+    assert torch.equal(newton_project(lpips_net, x, phi, near, 0.3), near)
+
+
+@pytest.mark.parametrize("attack,kw", [(lpa, {"steps": 10, "rounds": 2}), (ppgd, {"steps": 5})])
+def test_nptm_attacks_stay_in_the_lpips_ball_and_fool(attack, kw, lpips_net, mnist_net):
     model, x, y = mnist_net
-    adv = lpa(model, x, y, eps=0.5, steps=5, rounds=2, generator=torch.Generator().manual_seed(0))
+    adv = attack(model, x, y, lpips_net=lpips_net, eps=0.5, generator=torch.Generator().manual_seed(0), **kw)
     _valid(adv, x)
     with torch.no_grad():
-        assert (lpips_distance(model, x, adv) <= 0.5).all()
-    assert _acc(model, adv, y) < _acc(model, x, y)
-
-
-def test_lpa_needs_preacts(mnist_net):
-    model, x, y = mnist_net
-    with pytest.raises(NotApplicable, match="return_preacts"):
-        lpa(nn.Sequential(model), x, y, steps=1)
+        assert (lpips_distance(lpips_net, x, adv) <= 0.5).all()
+    assert _acc(model, adv, y) < _acc(model, x, y) - 0.2
+    with pytest.raises(NotApplicable, match="LPIPS network"):
+        attack(model, x, y, eps=0.5)

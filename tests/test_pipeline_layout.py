@@ -43,6 +43,15 @@ def test_per_run_stage_outputs_are_the_library_paths(root, stage, fns):
     assert {str(f(Path("."), "RUN")) for f in fns} <= outs
 
 
+def test_lpips_stage_outputs_are_the_library_paths(root):
+    from pathlib import Path
+
+    outs = set(_outs(_dvc(root)["lpips"]))
+    assert {str(paths.lpips_model_path(Path("."))), str(paths.lpips_metrics_path(Path(".")))} <= outs
+    assert str(paths.lpips_resume_path(Path("."))) not in outs  # deleted once training completes
+    assert str(paths.lpips_model_path(Path("."))) in _dvc(root)["attack"]["do"]["deps"]
+
+
 def test_every_p_value_comes_from_params_or_the_stage(root):
     for name, stage in _dvc(root).items():
         body = stage.get("do", stage)
@@ -50,7 +59,7 @@ def test_every_p_value_comes_from_params_or_the_stage(root):
             assert value.startswith("${") or value in {"params.yaml", "."}, (name, value)
 
 
-@pytest.mark.parametrize("nb", ["10_train.ipynb", "20_attack.ipynb", "30_verify.ipynb", "40_ablations.ipynb",
+@pytest.mark.parametrize("nb", ["10_train.ipynb", "15_lpips.ipynb", "20_attack.ipynb", "30_verify.ipynb", "40_ablations.ipynb",
                                 "50_laplacian.ipynb", "90_report.ipynb"])
 def test_source_notebooks_are_thin_and_clean(root, nb):
     cells = json.loads((root / "notebooks" / nb).read_text())["cells"]

@@ -94,23 +94,31 @@ def test_hamming_rejects_bad_input():
         hamming(z, z + z, 1.0)
 
 
-def test_stability_matches_a_direct_computation():
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_stability_matches_a_direct_computation(reduction):
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
-    ref = np.mean([sum((u - v) ** 2 for u, v in zip(a[i].tolist(), b[i].tolist(), strict=True))
-                   for i in range(6)])
-    assert float(stability(a, b)) == pytest.approx(ref, rel=1e-6)
+    per = [sum((u - v) ** 2 for u, v in zip(a[i].tolist(), b[i].tolist(), strict=True)) for i in range(6)]
+    ref = sum(per) if reduction == "sum" else np.mean(per)
+    assert float(stability(a, b, reduction)) == pytest.approx(ref, rel=1e-6)
 
 
-def test_stability_term_uses_softmax_of_the_paired_views():
+@pytest.mark.parametrize("output,reduction", [(None, None), ("logits", "mean"), ("softmax", "sum"),
+                                              ("softmax", "mean")])
+def test_stability_term_reads_the_paired_views(output, reduction):
+    """Default: the literal eq. 16 -- logits (eq. 4), summed over the batch; the other readings as options."""
     model = tiny_mlp()
     x, y = batch()
-    obj = build_objective({"stability": 1.0})
+    opts = {k: v for k, v in (("output", output), ("reduction", reduction)) if v is not None}
+    obj = build_objective({"stability": {"weight": 1.0, **opts}})
     ctx = StepContext(model, x, y, ThreatModel("linf", 0.2), generator=torch.Generator().manual_seed(0))
     value = obj(ctx)[0].detach()
     with torch.no_grad():
-        p, m = F.softmax(model(ctx.inputs["plus"]), 1), F.softmax(model(ctx.inputs["minus"]), 1)
-    ref = np.mean([float(((p[i] - m[i]) ** 2).sum()) for i in range(len(y))])
+        p, m = model(ctx.inputs["plus"]), model(ctx.inputs["minus"])
+    if output == "softmax":
+        p, m = F.softmax(p, 1), F.softmax(m, 1)
+    per = [float(((p[i] - m[i]) ** 2).sum()) for i in range(len(y))]
+    ref = np.mean(per) if reduction == "mean" else sum(per)
     assert float(value) == pytest.approx(ref, rel=1e-5)
     assert ThreatModel("linf", 0.2).contains(ctx.inputs["plus"], x).all()
     assert torch.allclose((ctx.inputs["plus"] - x).abs()[(x > 0.2) & (x < 0.8)], torch.tensor(0.2))
@@ -119,35 +127,33 @@ def test_stability_term_uses_softmax_of_the_paired_views():
 # ---------------------------------------------------------------------------------------------
 # dense Laplacian
 # ---------------------------------------------------------------------------------------------
-def slow_dense_laplacian(points, probs, preacts, alpha, s, out_scale, pat_scale):
-    """(1/N) sum over all ordered pairs of W_ij ||g_i - g_j||^2 by a double loop (float64)."""
-    n, n_layers = points.shape[0], len(preacts)
-
-    def g(i):
-        parts = [out_scale * probs[i].flatten()]
-        for z in preacts:
-            m = z[i].numel()
-            parts.append(pat_scale * torch.tanh(alpha * z[i].flatten()) / (2 * math.sqrt(m * n_layers)))
-        return torch.cat(parts)
-
-    gs = [g(i) for i in range(n)]
+def slow_dense_laplacian(points, outs, preacts, alpha, s, gamma_s, gamma_h, n_examples, reduction):
+    """Eqs. 12-14 by a double loop over unordered pairs (float64): W_ij (gamma_S |f_i - f_j|^2 / r +
+    gamma_H L_H(i, j) / B), L_H(i, j) the mean over layers of (mean over units of 1/2 |tanh - tanh|)^2."""
+    n = points.shape[0]
+    r = 1.0 if reduction == "sum" else n_examples
     total = 0.0
     for i in range(n):
-        for j in range(n):
+        for j in range(i + 1, n):
             w = torch.exp(-((points[i] - points[j]) ** 2).sum() / s)
-            total = total + w * ((gs[i] - gs[j]) ** 2).sum()
-    return total / n
+            ls = ((outs[i] - outs[j]) ** 2).sum()
+            lh = sum((0.5 * (torch.tanh(alpha * z[i]) - torch.tanh(alpha * z[j])).abs()).mean() ** 2
+                     for z in preacts) / len(preacts)
+            total = total + w * (gamma_s * ls / r + gamma_h * lh / n_examples)
+    return total
 
 
-@pytest.mark.parametrize("bandwidth,out_scale,pat_scale",
-                         [(None, 1.0, 1.0), (3.0, 0.5, 2.0), (0.05, 1.0, 0.0)])
-def test_dense_laplacian_matches_a_slow_double_loop_value_and_gradient(bandwidth, out_scale, pat_scale):
+@pytest.mark.parametrize("bandwidth,gamma_s,gamma_h,output,reduction",
+                         [(None, 0.8, 2400.0, "logits", "sum"), (3.0, 0.5, 2.0, "softmax", "mean"),
+                          (0.05, 1.0, 0.0, "logits", "mean")])
+def test_dense_laplacian_matches_a_slow_double_loop_value_and_gradient(bandwidth, gamma_s, gamma_h, output,
+                                                                       reduction):
     model = tiny_mlp().double()
     x, y = batch(5)
     x = x.double()
     alpha = 3.0
-    obj = build_objective({"dense_laplacian": {"bandwidth": bandwidth, "alpha": alpha,
-                                               "output_scale": out_scale, "pattern_scale": pat_scale}})
+    obj = build_objective({"dense_laplacian": {"bandwidth": bandwidth, "alpha": alpha, "gamma_s": gamma_s,
+                                               "gamma_h": gamma_h, "output": output, "reduction": reduction}})
     ctx = StepContext(model, x, y, ThreatModel("linf", 0.1), generator=torch.Generator().manual_seed(0))
     value, _ = obj(ctx)
     grads = torch.autograd.grad(value, list(model.parameters()))
@@ -156,7 +162,9 @@ def test_dense_laplacian_matches_a_slow_double_loop_value_and_gradient(bandwidth
     paired = ((ctx.inputs["plus"] - ctx.inputs["minus"]) ** 2).sum((1, 2, 3)).mean()
     s = bandwidth if bandwidth is not None else float(paired)
     logits, pre = model(points.view(-1, 1, 4, 4), return_preacts=True)
-    ref = slow_dense_laplacian(points, F.softmax(logits, 1), pre, alpha, s, out_scale, pat_scale)
+    outs = F.softmax(logits, 1) if output == "softmax" else logits
+    ref = slow_dense_laplacian(points, outs, [z.flatten(1) for z in pre], alpha, s, gamma_s, gamma_h, 5,
+                               reduction)
     ref_grads = torch.autograd.grad(ref, list(model.parameters()))
     assert float(value.detach()) == pytest.approx(float(ref.detach()), rel=1e-9, abs=1e-15)
     assert float(ref.detach()) > 0
@@ -165,20 +173,21 @@ def test_dense_laplacian_matches_a_slow_double_loop_value_and_gradient(bandwidth
 
 
 def test_dense_laplacian_float32_agrees_with_float64_when_views_nearly_agree():
-    # the expanded Laplacian form cancels when g_i ~ g_j; the float64 accumulation must keep it accurate
+    # the expanded Laplacian form cancels when f_i ~ f_j; the float64 accumulation must keep it accurate
     g = torch.Generator().manual_seed(0)
     pts = torch.rand(6, 10, generator=g)
-    emb = torch.rand(6, 50, generator=g)
-    emb[3:] = emb[:3] + 1e-4 * torch.randn(3, 50, generator=g)
+    out = torch.rand(6, 50, generator=g)
+    out[3:] = out[:3] + 1e-4 * torch.randn(3, 50, generator=g)
     pts[3:] = pts[:3] + 0.01
-    v32 = float(dense_laplacian(pts, emb, 0.5))
-    p64, e64 = pts.double(), emb.double()
-    ref = sum(float(torch.exp(-((p64[i] - p64[j]) ** 2).sum() / 0.5) * ((e64[i] - e64[j]) ** 2).sum())
-              for i in range(6) for j in range(6)) / 6
+    z = [torch.randn(6, 7, generator=g)]
+    v32 = float(dense_laplacian(heat_kernel(pts, 0.5), out, z, 2.0, 1.0, 0.0, 3))
+    p64, o64 = pts.double(), out.double()
+    ref = sum(float(torch.exp(-((p64[i] - p64[j]) ** 2).sum() / 0.5) * ((o64[i] - o64[j]) ** 2).sum())
+              for i in range(6) for j in range(i + 1, 6))
     assert v32 == pytest.approx(ref, rel=1e-4)
     assert heat_kernel(pts, 0.5).diagonal().eq(1).all()
     with pytest.raises(ValueError, match="bandwidth"):
-        dense_laplacian(pts, emb, 0.0)
+        heat_kernel(pts, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,17 +346,31 @@ def test_every_term_trains_one_epoch_with_a_finite_loss(name):
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_dense_laplacian_reduces_to_the_paired_form_when_only_pairs_are_close():
-    # points far apart except each x_i + rho_i / x_i - rho_i pair: the value is w * mean ||g+ - g-||^2
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_dense_laplacian_on_the_paired_edges_is_the_sparse_objective(reduction):
+    """Eq. 14 restricted to the edges (x_i + rho_i, x_i - rho_i) with unit weights equals
+    gamma_S * stability + gamma_H * hamming (eqs. 16-17), value and gradient, the sparse terms computed by
+    their own code paths (the fused Hamming autograd function, the stability sum)."""
+    model = tiny_mlp().double()
+    b = 5
+    x, _ = batch(b)
     g = torch.Generator().manual_seed(0)
-    centres = torch.eye(4, dtype=torch.float64) * 10.0
-    plus, minus = centres + 0.1, centres - 0.1
-    pts = torch.cat([plus, minus])
-    emb = torch.rand(8, 12, generator=g)
-    s = 0.08  # paired squared distance 4 * 0.01 * 4 = 0.16 -> w = exp(-2)
-    value = float(dense_laplacian(pts, emb, s))
-    paired = float(((emb[:4] - emb[4:]) ** 2).sum(1).mean())
-    assert value == pytest.approx(math.exp(-2) * paired, rel=1e-6)
+    rho = (torch.randint(0, 2, x.shape, generator=g) * 2 - 1) * 0.1
+    plus, minus = (x + rho).double(), (x - rho).double()
+    gamma_s, gamma_h, alpha = 0.8, 2400.0, 3.0
+    out, pre = model(torch.cat([plus, minus]), return_preacts=True)
+    paired = torch.zeros(2 * b, 2 * b, dtype=torch.float64)
+    idx = torch.arange(b)
+    paired[idx, idx + b] = paired[idx + b, idx] = 1.0
+    dense = dense_laplacian(paired, out, pre, alpha, gamma_s, gamma_h, b, reduction)
+    sparse = gamma_s * stability(out[:b], out[b:], reduction) + gamma_h * hamming(
+        [z[:b] for z in pre], [z[b:] for z in pre], alpha)
+    assert float(dense) == pytest.approx(float(sparse), rel=1e-10)
+    assert float(sparse) > 0
+    params = list(model.parameters())
+    for u, v in zip(torch.autograd.grad(dense, params, retain_graph=True), torch.autograd.grad(sparse, params),
+                    strict=True):
+        assert torch.allclose(u, v, rtol=1e-8, atol=1e-12)
 
 
 def test_hamming_fused_backward_matches_plain_autograd():
@@ -373,3 +396,29 @@ def test_hamming_fused_backward_matches_plain_autograd():
     for a, b in zip(g_fused, g_ref, strict=True):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
     assert torch.autograd.gradcheck(lambda *t: hamming([t[0], t[2]], [t[1], t[3]], alpha), tuple(leaves))
+
+
+def test_compiled_hamming_matches_the_eager_paths(monkeypatch):
+    """The torch.compile path of ``hamming`` (used in training) against plain autograd, value and
+    gradients; a second shape falls back to the hand-written autograd function."""
+    from robustlib.regularizers import manifold
+
+    monkeypatch.setenv("ROBUSTLIB_COMPILE", "1")
+    monkeypatch.setitem(manifold._COMPILED, "signature", None)
+    monkeypatch.setitem(manifold._COMPILED, "fn", None)
+    monkeypatch.setitem(manifold._COMPILED, "failed", False)
+    torch.manual_seed(0)
+    zp = [torch.randn(5, 3, 4, 4, requires_grad=True), torch.randn(5, 7, requires_grad=True)]
+    zm = [torch.randn(5, 3, 4, 4, requires_grad=True), torch.randn(5, 7, requires_grad=True)]
+    fast = hamming(zp, zm, 8.0)
+    assert manifold._COMPILED["fn"] is not None or manifold._COMPILED["failed"]
+    ref = manifold.hamming_reference(zp, zm, 8.0)
+    tanh_form = torch.stack([(0.5 * (torch.tanh(8 * a) - torch.tanh(8 * b))).abs().flatten(1).mean(1)
+                             for a, b in zip(zp, zm, strict=True)], 1).pow(2).mean()
+    assert torch.allclose(fast, tanh_form, rtol=1e-5)
+    leaves = [*zp, *zm]
+    for a, b in zip(torch.autograd.grad(fast, leaves), torch.autograd.grad(ref, leaves), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-9)
+    other = [z[:3].detach().requires_grad_(True) for z in zp], [z[:3].detach() for z in zm]
+    assert manifold._compiled_for(*other, 8.0) is None  # another shape: the eager autograd function
+    assert torch.allclose(hamming(*other, 8.0), manifold.hamming_reference(*other, 8.0), rtol=1e-6)

@@ -101,6 +101,25 @@ def test_fgsm_at_is_wongs_fgsm_from_a_uniform_start():
         assert float(total.detach()) == pytest.approx(float(F.cross_entropy(model(ref), y)), rel=1e-5)
 
 
+@pytest.mark.parametrize("eps", [EPS, 0.3])
+def test_plain_fgsm_is_goodfellows_step_without_random_start(eps):
+    """Table 3's FGSM row: x' = clip(x + eps sign(grad_x CE)) from x itself (no random start); checked
+    against torchattacks.FGSM and a hand-written step; the value is the cross-entropy at x'."""
+    model, x, y = setup()
+    ctx, total, parts = run({"fgsm": 1.0}, model, x, y, seed=5, eps=eps)
+    ref = torchattacks.FGSM(model, eps=eps)(x, y)
+    assert (ctx.inputs["fgsm"] - ref).abs().max() < 1e-6
+    xl = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(xl), y, reduction="sum"), xl)
+    manual = (x + eps * grad.sign()).clamp(0, 1)
+    assert (ctx.inputs["fgsm"] - manual).abs().max() < 1e-6
+    with torch.no_grad():
+        assert float(total) == pytest.approx(float(F.cross_entropy(model(manual), y)), rel=1e-5)
+    # deterministic: no random start, unlike fgsm_at
+    ctx2, _, _ = run({"fgsm": 1.0}, model, x, y, seed=9, eps=eps)
+    assert torch.equal(ctx2.inputs["fgsm"], ctx.inputs["fgsm"])
+
+
 def test_trades_inner_max_increases_the_kl_and_the_value_is_the_kl():
     model, x, y = setup(b=32, dtype=torch.float64)
     spec = {"ce": 1.0, "trades": {"weight": 6.0, "steps": 10}}

@@ -1,5 +1,6 @@
-"""ibp and rs_loss against an independent NumPy interval propagation on a small MLP (and soundness of
-the worst-case logits against sampled points of the ball)."""
+"""ibp, rs_loss and l1 against an independent NumPy interval propagation on a small MLP (and soundness
+of the worst-case logits against sampled points of the ball); ibp's kappa schedule against Gowal et
+al.'s formula; rs_loss's and l1's reductions against Xiao et al.'s code (MadryLab/relu_stable)."""
 
 from __future__ import annotations
 
@@ -55,9 +56,12 @@ def ce(z, y):
     return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
 
 
-def run(spec, model, x, y, eps=EPS):
+def run(spec, model, x, y, eps=EPS, eps_fraction=1.0):
     obj = build_objective(spec)
-    return obj(StepContext(model, x, y, ThreatModel("linf", eps)))[1]
+    return obj(StepContext(model, x, y, ThreatModel("linf", eps), eps_fraction=eps_fraction))[1]
+
+
+WORST_ONLY = {"kappa_start": 0.0, "kappa_end": 0.0}
 
 
 def test_ibp_plain_worst_logits_match_numpy_interval_propagation():
@@ -65,7 +69,7 @@ def test_ibp_plain_worst_logits_match_numpy_interval_propagation():
     _, _, (lo, hi), _ = numpy_ibp(model, x, EPS)
     worst = hi.copy()
     worst[np.arange(len(y)), y.numpy()] = lo[np.arange(len(y)), y.numpy()]
-    value = run({"ibp": {"elide_last": False}}, model, x, y)["ibp"]
+    value = run({"ibp": {"elide_last": False, **WORST_ONLY}}, model, x, y)["ibp"]
     assert float(value) == pytest.approx(ce(worst, y.numpy()), rel=1e-10)
 
 
@@ -80,7 +84,7 @@ def test_ibp_elided_worst_logits_match_numpy_and_are_tighter_and_sound():
             if j != yi:
                 wd, bd = W[yi] - W[j], b[yi] - b[j]
                 worst[i, j] = -(c[i] @ wd - r[i] @ np.abs(wd) + bd)  # -lower bound of z_y - z_j
-    value = run({"ibp": {"elide_last": True}}, model, x, y)["ibp"]
+    value = run({"ibp": {"elide_last": True, **WORST_ONLY}}, model, x, y)["ibp"]
     assert float(value) == pytest.approx(ce(worst, y.numpy()), rel=1e-10)
     # tighter than the plain form, in the same (shift-invariant) units z_j - z_y
     plain = hi - lo[np.arange(len(y)), y.numpy()][:, None]
@@ -106,6 +110,28 @@ def test_ibp_at_eps_zero_is_the_clean_cross_entropy():
         assert float(value) == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-9)
 
 
+@pytest.mark.parametrize("eps_fraction,kappa", [(0.0, 1.0), (0.5, 0.75), (1.0, 0.5), (2.0, 0.5)])
+def test_ibp_mixes_clean_and_worst_case_with_gowals_kappa_schedule(eps_fraction, kappa):
+    """Gowal et al. 2018: kappa CE(clean) + (1 - kappa) CE(worst), kappa 1 -> 0.5 linearly over the eps
+    ramp (clamped after it)."""
+    model, (x, y) = mlp(), data()
+    _, _, (lo, hi), _ = numpy_ibp(model, x, EPS)
+    worst = hi.copy()
+    worst[np.arange(len(y)), y.numpy()] = lo[np.arange(len(y)), y.numpy()]
+    with torch.no_grad():
+        clean = ce(model(x).numpy(), y.numpy())
+    value = run({"ibp": {"elide_last": False}}, model, x, y, eps_fraction=eps_fraction)["ibp"]
+    assert float(value) == pytest.approx(kappa * clean + (1 - kappa) * ce(worst, y.numpy()), rel=1e-10)
+
+
+def test_eps_ramp_fraction_drives_kappa_in_the_training_loop():
+    from robustlib.schedules import EpsRamp
+
+    ramp = EpsRamp(start=0.2, end=0.6, initial=0.0)
+    assert [ramp.fraction(p) for p in (0.0, 0.2, 0.4, 0.6, 0.9)] == pytest.approx([0, 0, 0.5, 1, 1])
+    assert ramp(0.1, 0.4) == pytest.approx(0.5 * 0.1)  # eps and kappa move together
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_rs_loss_matches_numpy_interval_bounds(reduction):
     model, (x, y) = mlp(), data()
@@ -115,6 +141,9 @@ def test_rs_loss_matches_numpy_interval_bounds(reduction):
     ref = (per_example.mean(1) if reduction == "mean" else per_example.sum(1)).mean()
     value = run({"rs_loss": {"reduction": reduction}}, model, x, y)["rs_loss"]
     assert float(value) == pytest.approx(float(ref), rel=1e-10)
+    if reduction == "sum":  # the default, and Xiao et al.'s: sum_layers -mean_batch(sum_units tanh(1 + l u))
+        xiao = sum(-np.mean(np.sum(np.tanh(1.0 + lo * hi), axis=-1)) for lo, hi in pre)
+        assert float(run({"rs_loss": 1.0}, model, x, y)["rs_loss"]) == pytest.approx(float(xiao), rel=1e-10)
     # unstable ReLUs (l < 0 < u) are what the loss pushes on: they score above -tanh(1)
     unstable = np.concatenate([(lo < 0) & (hi > 0) for lo, hi in pre], 1)
     assert unstable.any() and (per_example[unstable] > -np.tanh(1)).all()
@@ -129,3 +158,23 @@ def test_bound_terms_are_differentiable_and_train_a_cnn_step():
     grads = torch.autograd.grad(total, list(model.parameters()))
     assert all(torch.isfinite(g).all() for g in grads)
     assert float(parts["ibp"]) >= float(parts["ce"])  # the worst case is never better than the clean case
+
+
+def test_l1_is_xiaos_dense_matrix_l1_on_smallcnn():
+    """Xiao et al.'s l1_loss for their MNIST CNN: 14 * 14 |W_conv1| + 7 * 7 |W_conv2| + |W_fc1| (no output
+    layer, no biases); the same closed form on our SmallCNN (28 -> 14 -> 7)."""
+    torch.manual_seed(0)
+    model = build_model("smallcnn")
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    c1, c2, fc1 = model.layers[0], model.layers[2], model.layers[5]
+    ref = 14 * 14 * c1.weight.abs().sum() + 7 * 7 * c2.weight.abs().sum() + fc1.weight.abs().sum()
+    value = run({"l1": 1.0}, model, x, y)["l1"]
+    assert float(value) == pytest.approx(float(ref), rel=1e-6)
+    plain = run({"l1": {"conv_scaling": False, "output_layer": True}}, model, x, y)["l1"]
+    everything = sum(m.weight.abs().sum() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert float(plain) == pytest.approx(float(everything), rel=1e-6)
+    # the gradient is the sign pattern, scaled per layer
+    obj = build_objective({"l1": 1.0})
+    total, _ = obj(StepContext(model, x, y, ThreatModel("linf", 0.1)))
+    (g1,) = torch.autograd.grad(total, [c1.weight])
+    assert torch.allclose(g1, 196 * c1.weight.sign())

@@ -14,9 +14,9 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-from robustlib.bounds import input_box, margin_lower_bounds, to_sequential
+from robustlib.bounds import input_box, margin_lower_bounds, margin_tolerance, to_sequential
 from robustlib.models import Normalize, build_model
-from robustlib.verify import MILPEncoder, _solve_class, replays, summarize, verify
+from robustlib.verify import SOLVERS, MILPEncoder, replays, solve_class, summarize, verify
 
 torch.set_num_threads(1)
 
@@ -77,14 +77,18 @@ def _tiny_net(seed: int) -> nn.Sequential:
 CASES = [(0, 0.05), (1, 0.15), (2, 0.3), (3, 0.1), (4, 0.25), (5, 0.2), (6, 0.4)]
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("seed,eps", CASES)
-def test_verdicts_and_milp_optimum_match_exhaustive_case_analysis(seed, eps):
+def test_verdicts_and_milp_optimum_match_exhaustive_case_analysis(seed, eps, solver):
+    """Both solvers against the same reference: verdicts (verified exactly when the true margin
+    exceeds the tolerance, falsified with a replaying point when it is negative) and, for every class,
+    the MILP optimum (the encoding is exact) and a sound dual bound."""
     net = _tiny_net(seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(3, 2, generator=g)
     with torch.no_grad():
         y = net(x).argmax(1)
-    verdicts = {b: verify(net, x, y, eps, bounds=b, attack_steps=0, progress=False)
+    verdicts = {b: verify(net, x, y, eps, bounds=b, attack_steps=0, solver=solver, progress=False)
                 for b in ("linear", "interval")}
     enc = MILPEncoder(to_sequential(net), (2,))
     for i in range(3):
@@ -93,13 +97,15 @@ def test_verdicts_and_milp_optimum_match_exhaustive_case_analysis(seed, eps):
         true_min = float(ref.min())
         for b, res in verdicts.items():
             r = res[i]
-            if true_min > 1e-4:
+            if r.verdict == "verified":
+                assert true_min > r.tol and r.tol <= r.margin <= true_min + 1e-6, (b, true_min, r)
+            if true_min > r.tol + 1e-4:
                 assert r.verdict == "verified", (b, true_min, r)
             elif true_min < -1e-4:
                 assert r.verdict == "falsified", (b, true_min, r)
                 assert bool(replays(net, r.counterexample[None], x[i:i + 1], y[i:i + 1], eps)[0])
             else:
-                assert r.verdict != "verified" or true_min > 0
+                assert r.verdict != "verified" or true_min > r.tol
         # the MILP's optimum for every class equals the reference (the encoding is exact)
         with torch.no_grad():
             _, act = margin_lower_bounds(to_sequential(net), lo, hi, y[i:i + 1], "interval")
@@ -108,9 +114,14 @@ def test_verdicts_and_milp_optimum_match_exhaustive_case_analysis(seed, eps):
         for j in range(3):
             if j == int(y[i]):
                 continue
-            out = _solve_class(milp.highs(), milp, int(y[i]), j, 30.0, 1e-5, lambda s: None, stop_early=False)
+            out = solve_class(milp, solver, int(y[i]), j, 30.0, 1e-5, lambda s: None, stop_early=False)
             assert out.dual_bound <= ref[j] + 1e-6
             assert out.primal == pytest.approx(ref[j], abs=1e-5 + 1e-4 * abs(ref[j]))
+            # with early stopping the verdict of the class follows the reference too
+            early = solve_class(milp, solver, int(y[i]), j, 30.0, 1e-5, lambda s: None)
+            assert early.dual_bound <= ref[j] + 1e-6
+            if ref[j] > 1e-3:
+                assert early.status == "excluded", (solver, ref[j], early)
 
 
 def test_reference_sees_both_verdicts():
@@ -168,13 +179,15 @@ def test_maxpool_encoding_is_exact():
     milp = MILPEncoder(net, (1, 2, 4)).build(
         lo.flatten().numpy(), hi.flatten().numpy(),
         {k: (a[0].flatten().numpy(), c[0].flatten().numpy()) for k, (a, c) in act.items()})
-    for j in range(3):
-        if j != y:
-            out = _solve_class(milp.highs(), milp, y, j, 30.0, 1e-5, lambda s: None, stop_early=False)
-            assert out.dual_bound <= ref[j] + 1e-6
-            assert out.primal == pytest.approx(ref[j], abs=1e-5 + 1e-4 * abs(ref[j]))
-    res = verify(net.float(), x.float(), torch.tensor([y]), eps, attack_steps=0, progress=False)[0]
-    assert res.verdict == ("verified" if ref.min() > 1e-4 else "falsified")
+    for solver in SOLVERS:
+        for j in range(3):
+            if j != y:
+                out = solve_class(milp, solver, y, j, 30.0, 1e-5, lambda s: None, stop_early=False)
+                assert out.dual_bound <= ref[j] + 1e-6
+                assert out.primal == pytest.approx(ref[j], abs=1e-5 + 1e-4 * abs(ref[j]))
+        res = verify(net.float(), x.float(), torch.tensor([y]), eps, attack_steps=0, solver=solver,
+                     progress=False)[0]
+        assert res.verdict == ("verified" if ref.min() > res.tol else "falsified")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -296,3 +309,132 @@ def test_process_pool_gives_the_same_verdicts():
     assert [r.verdict for r in seq] == [r.verdict for r in par] == ["falsified", "falsified"]
     assert [r.verdict for r in verify(net2, x, torch.tensor([0, 0]), 0.1, processes=2, progress=False)] == \
         ["verified", "verified"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numerical safety: a positive margin below the tolerance is never "verified"
+# ---------------------------------------------------------------------------------------------------
+def _constant_margin_net(delta: float) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    """A 2x2-input net whose margin z_0 - z_1 equals ``delta`` everywhere (rows 0 and 1 of the last
+    layer are equal, their biases differ by ``delta``), with unstable ReLUs so the MILP runs; class 2
+    is far below."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        net[3].weight[1] = net[3].weight[0]
+        net[3].bias.copy_(torch.tensor([1.0, 1.0 - delta, -3.0]))
+        net[1].bias.zero_()
+    x = torch.full((1, 1, 2, 2), 0.5)
+    return net, x, torch.tensor([0])
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("bounds", ["linear", "interval"])
+def test_positive_margin_below_tolerance_is_not_verified(solver, bounds):
+    from robustlib.bounds import ibp_certified
+
+    net, x, y = _constant_margin_net(3e-5)
+    b = net[3].bias.detach().double()
+    delta = float(b[0] - b[1])  # the true margin everywhere: positive, but below the tolerance (>= atol = 1e-4)
+    assert 2e-5 < delta < 4e-5
+    lo, hi = input_box(x.double(), 0.2)
+    with torch.no_grad():
+        assert float(margin_lower_bounds(net, lo, hi, y, "interval")[0][0, 1]) == pytest.approx(delta, rel=1e-9)
+    r = verify(net, x, y, 0.2, bounds=bounds, attack_steps=0, solver=solver, progress=False)[0]
+    assert r.tol > delta and r.verdict == "unknown" and r.reason == "within_tolerance", r
+    assert r.method == "milp" and r.unstable > 0
+    assert not bool(ibp_certified(net, x, y, 0.2)[0])
+    # the same margin counts once the tolerance is below it, and a margin above the tolerance counts
+    r = verify(net, x, y, 0.2, bounds=bounds, attack_steps=0, solver=solver, margin_atol=1e-6, margin_rtol=0,
+               progress=False)[0]
+    assert r.verdict == "verified" and r.margin == pytest.approx(delta, rel=1e-3) and r.tol < delta
+    net, x, y = _constant_margin_net(1e-2)
+    r = verify(net, x, y, 0.2, bounds=bounds, attack_steps=0, solver=solver, progress=False)[0]
+    assert r.verdict == "verified" and r.margin > r.tol
+    assert bool(ibp_certified(net, x, y, 0.2)[0])
+
+
+def test_tolerance_has_an_absolute_a_relative_and_a_float32_part():
+    net, x, y = _constant_margin_net(1e-2)
+    lo, hi = input_box(x.double(), 0.2)
+    t = margin_tolerance(to_sequential(net), lo, hi, atol=1e-4, rtol=1e-5)
+    assert float(t.tol[0]) == pytest.approx(1e-4 + 1e-5 * float(t.logit_scale[0]))
+    assert 3.0 <= float(t.logit_scale[0]) and 0 < float(t.float32_error[0]) < 1e-4
+    t32 = margin_tolerance(to_sequential(net), lo, hi, atol=1e-4, rtol=1e-5, float32=True)
+    assert float(t32.tol[0]) == pytest.approx(float(t.tol[0]) + 2 * float(t.float32_error[0]))
+    r = verify(net, x, y, 0.2, attack_steps=0, margin_float32=True, progress=False)[0]
+    assert r.tol == pytest.approx(float(t32.tol[0]), rel=1e-6) and r.verdict == "verified"
+    with pytest.raises(ValueError, match="tolerance"):
+        margin_tolerance(to_sequential(net), lo, hi, atol=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resume: a run killed with SIGKILL after its first shard, run again, redoes no finished example
+# ---------------------------------------------------------------------------------------------------
+_RESUME_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+import torch
+from torch import nn
+import robustlib.verify as V
+
+shard_dir, log, delay, out = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+torch.manual_seed(1)  # as _tiny_net(1): verified and falsified examples, some by the MILP
+net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+with torch.no_grad():
+    for m in net:
+        if isinstance(m, nn.Linear):
+            m.weight.mul_(3.0)
+            m.bias.mul_(2.0)
+x = torch.rand(8, 2, generator=torch.Generator().manual_seed(1))
+y = net(x).argmax(1)
+original = V.verify_one
+
+def logged(model, xi, yi, **kw):  # records which example is computed, slowly
+    i = int((x == xi).all(1).nonzero()[0])
+    with log.open("a") as f:
+        f.write(f"{i}\n")
+    time.sleep(delay)
+    return original(model, xi, yi, **kw)
+
+V.verify_one = logged
+res = V.verify(net, x, y, 0.3, attack_steps=0, progress=False, shard_dir=shard_dir or None, shard_size=2)
+torch.save([(r.verdict, r.method, r.unstable, None if r.margin != r.margin else round(r.margin, 9), r.reason)
+            for r in res], out)
+"""
+
+
+def test_verify_killed_after_a_shard_resumes_without_redoing_finished_examples(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(_RESUME_SCRIPT)
+    shards, log1, log2 = tmp_path / "shards", tmp_path / "first.log", tmp_path / "second.log"
+
+    def start(shard_dir, log, delay, out):
+        return subprocess.Popen([sys.executable, str(script), str(shard_dir), str(log), str(delay), str(out)],
+                                env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+    proc = start(shards, log1, 1.0, tmp_path / "killed.pt")
+    t0 = time.time()
+    while not list(shards.glob("*.pt")) and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (tmp_path / "killed.pt").exists()
+    saved = sorted(shards.glob("*.pt"))
+    assert 1 <= len(saved) < 4  # killed mid-way, after the first block of 2 examples was persisted
+    done = {0, 1} if len(saved) == 1 else set(range(2 * len(saved)))
+    assert done <= {int(v) for v in log1.read_text().split()}
+    assert start(shards, log2, 0.0, tmp_path / "resumed.pt").wait() == 0
+    redone = [int(v) for v in log2.read_text().split()]
+    assert sorted(redone) == sorted(set(range(8)) - done)  # the finished examples were not recomputed
+    assert start("", tmp_path / "ref.log", 0.0, tmp_path / "ref.pt").wait() == 0  # uninterrupted, no shards
+    resumed, ref = torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "ref.pt")
+    assert resumed == ref and len(ref) == 8
+    assert {r[0] for r in ref} == {"verified", "falsified"}  # both kinds of result go through the shards
+    assert len(list(shards.glob("*.pt"))) == 4

@@ -1,11 +1,11 @@
 """Attacks: FGSM, PGD (L-inf, L2) with restarts, a transfer attack, AutoAttack with fatal checks, and
-the perceptual attacks (StAdv, ReColorAdv, JPEG, LPA). ``ascent.ascend`` is the inner maximization
+the perceptual attacks (StAdv, ReColorAdv, JPEG, LPA, PPGD). ``ascent.ascend`` is the inner maximization
 shared with the adversarial-training terms. ``pyautoattack`` is imported only when AutoAttack runs."""
 
 from robustlib.attacks.autoattack import autoattack
 from robustlib.attacks.common import AttackCheckError, NotApplicable
 from robustlib.attacks.gradient import fgsm, pgd, transfer
-from robustlib.attacks.perceptual import PERCEPTUAL_ATTACKS, jpeg, lpa, recoloradv, stadv
+from robustlib.attacks.perceptual import PERCEPTUAL_ATTACKS, jpeg, lpa, ppgd, recoloradv, stadv
 
 __all__ = ["AttackCheckError", "NotApplicable", "PERCEPTUAL_ATTACKS", "autoattack", "fgsm", "jpeg", "lpa",
-           "pgd", "recoloradv", "stadv", "transfer"]
+           "pgd", "ppgd", "recoloradv", "stadv", "transfer"]

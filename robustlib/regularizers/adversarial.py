@@ -1,4 +1,4 @@
-"""Adversarial-training terms: PGD-AT, fast FGSM-AT, TRADES and ARR.
+"""Adversarial-training terms: PGD-AT, plain FGSM-AT, fast FGSM-AT (random start), TRADES and ARR.
 
 Every inner maximization is ``robustlib.attacks.ascent.ascend`` with the step's threat model
 (``ctx.threat``, i.e. the current, possibly ramped, eps) and ``ctx.generator``; it runs in ``prepare``
@@ -121,6 +121,30 @@ class FGSMAT(Term):
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:
         return F.cross_entropy(ctx.logits["fgsm_at"], ctx.y)
+
+
+@register_term
+class PlainFGSMAT(Term):
+    """Plain FGSM adversarial training (Goodfellow et al. 2015; the "FGSM" row of Jin & Rinard's Table 3,
+    0% robust, and Wong et al. 2020's zero-init FGSM that overfits catastrophically): cross-entropy at
+    ``x + eps * sign(grad_x CE(x))`` clipped to [0, 1] (L2: a normalized step of length eps) -- no
+    random start. Replaces ``ce`` when used alone; not ramped by default."""
+
+    name = "fgsm"
+
+    def __init__(self, step_factor: float = 1.0, eval_attack: bool = False) -> None:
+        if not step_factor > 0:
+            raise ValueError(f"fgsm: step_factor must be > 0, got {step_factor}")
+        self.step_factor, self.eval_attack = float(step_factor), bool(eval_attack)
+
+    def prepare(self, ctx: StepContext) -> None:
+        with _mode(ctx.model, self.eval_attack):
+            x_adv = pgd_points(ctx.model, ctx.x, ctx.y, ctx, 1, self.step_factor * ctx.threat.eps or None,
+                               random_start=False)
+        ctx.add_view("fgsm", x_adv)
+
+    def __call__(self, ctx: StepContext) -> torch.Tensor:
+        return F.cross_entropy(ctx.logits["fgsm"], ctx.y)
 
 
 @register_term

@@ -1,17 +1,22 @@
 """Bound-based training terms on interval bounds over the threat ball (``robustlib.bounds``):
 
 * ``ibp``: interval bound propagation training (Gowal et al. 2018, "On the effectiveness of interval
-  bound propagation for training verifiably robust models", eq. 12): cross-entropy of the worst-case
-  logits. The paper's ``kappa * CE(clean) + (1 - kappa) * CE(worst)`` is the objective's weights:
-  ``{"ce": kappa, "ibp": 1 - kappa}``; a kappa schedule is the weight ramp (opt in with ``ramp: true``):
-  ``{"ce": 1, "ibp": {"weight": w0, "ramp": true}}`` with ``gamma_ramp = {start, end, factor}`` grows
-  the ibp:ce ratio linearly from w0 to w0 * factor, i.e. kappa from 1 / (1 + w0) to
-  1 / (1 + w0 * factor) (the loss is scaled by 1 / kappa, which SGD's learning rate absorbs); the eps
-  schedule is the training loop's eps ramp (``eps_ramp`` with ``initial: 0`` starts from 0 as Gowal
-  et al. do).
+  bound propagation for training verifiably robust models", eq. 12): ``kappa * CE(clean) +
+  (1 - kappa) * CE(worst-case logits)`` with kappa decreasing linearly from ``kappa_start`` (1) to
+  ``kappa_end`` (0.5) over the eps ramp, as Gowal et al. do (warm-up at eps 0 and kappa 1, then eps and
+  kappa ramped together). The eps schedule is the training loop's eps ramp (``eps_ramp`` with
+  ``initial: 0``); the term reads its progress from ``StepContext.eps_fraction``. Used alone (it holds
+  the clean cross-entropy).
 * ``rs_loss``: ReLU-stability loss (Xiao et al. 2019, "Training for faster adversarial robustness
-  verification via inducing ReLU stability", eq. 4): ``-tanh(1 + l * u)`` per ReLU, from interval
-  bounds [l, u] of its input (plain IBP; the paper uses its improved interval arithmetic).
+  verification via inducing ReLU stability", eq. 4): ``-tanh(1 + l * u)`` per ReLU, summed over the
+  ReLUs and averaged over the batch as in their code (MadryLab/relu_stable, ``_l_relu_stable``), from
+  the naive interval bounds [l, u] of its input over the eps-box clipped to [0, 1] (their default
+  ``estimation_method: naive_ia``). Xiao et al. pair it with PGD adversarial training and ``l1``:
+  their objective is ``pgd_at + 2e-5 * l1 + 1e-4 * rs_loss`` (config.json: ``w_l1``, ``w_rsloss``;
+  PGD 8 steps of 0.03 at eps 0.1, random start).
+* ``l1``: Xiao et al.'s L1 weight penalty: ``sum |W|`` of every weight matrix but the output layer's, a
+  convolution's kernel counted once per output position (the L1 norm of the equivalent dense matrix,
+  as ``14 * 14 * |W_conv1| + 7 * 7 * |W_conv2| + |W_fc1|`` in their code).
 
 Both need a network ``robustlib.bounds.to_sequential`` accepts (MLP, SmallCNN, CWCNN, nn.Sequential).
 """
@@ -22,6 +27,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from robustlib.regularizers.core import StepContext, Term, register_term
 
@@ -63,25 +69,38 @@ def relu_stability_loss(bounds: list[tuple[torch.Tensor, torch.Tensor]],
 
 @register_term
 class IBP(Term):
-    """Cross-entropy of the interval worst-case logits (``ibp_worst_logits``) over the current ball."""
+    """Gowal et al. 2018: ``kappa * CE(clean) + (1 - kappa) * CE(worst-case logits)`` over the current
+    ball, kappa linear in the eps ramp's progress from ``kappa_start`` to ``kappa_end`` (1 -> 0.5)."""
 
     name = "ibp"
+    views = ("clean",)
 
-    def __init__(self, elide_last: bool = True) -> None:
+    def __init__(self, elide_last: bool = True, kappa_start: float = 1.0, kappa_end: float = 0.5) -> None:
+        if not (0.0 <= kappa_end <= 1.0 and 0.0 <= kappa_start <= 1.0):
+            raise ValueError(f"ibp: kappa_start, kappa_end must lie in [0, 1], got {kappa_start}, {kappa_end}")
         self.elide_last = bool(elide_last)
+        self.kappa_start, self.kappa_end = float(kappa_start), float(kappa_end)
+
+    def kappa(self, eps_fraction: float) -> float:
+        t = min(max(float(eps_fraction), 0.0), 1.0)
+        return self.kappa_start + t * (self.kappa_end - self.kappa_start)
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:
-        return F.cross_entropy(ibp_worst_logits(ctx, self.elide_last), ctx.y)
+        kappa = self.kappa(ctx.eps_fraction)
+        loss = kappa * F.cross_entropy(ctx.logits["clean"], ctx.y) if kappa > 0 else 0.0
+        if kappa < 1:
+            loss = loss + (1 - kappa) * F.cross_entropy(ibp_worst_logits(ctx, self.elide_last), ctx.y)
+        return loss
 
 
 @register_term
 class RSLoss(Term):
     """ReLU-stability loss on the interval bounds of every ReLU input over the current ball;
-    ``reduction="mean"`` (default: weight independent of width) or ``"sum"`` (the paper's)."""
+    ``reduction="sum"`` over the ReLUs (Xiao et al.'s, default) or ``"mean"``, then a batch mean."""
 
     name = "rs_loss"
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(self, reduction: str = "sum") -> None:
         if reduction not in ("mean", "sum"):
             raise ValueError(f"rs_loss: unknown reduction {reduction!r}; expected 'mean' or 'sum'")
         self.reduction = reduction
@@ -92,3 +111,48 @@ class RSLoss(Term):
         lower, upper = _box(ctx)
         bounds = interval_bounds(to_sequential(ctx.model), lower, upper)[:-1]
         return relu_stability_loss(bounds, self.reduction)
+
+
+def conv_output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, int]:
+    """Number of output positions (H_out * W_out) of every Conv2d of ``model`` for one input of
+    ``input_shape`` (C, H, W), from one no-grad forward pass with hooks."""
+    sizes: dict[nn.Module, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.__setitem__(mod, out[0, 0].numel()))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+@register_term
+class L1(Term):
+    """Xiao et al. 2019's L1 penalty: ``sum |W|`` over every Conv2d / Linear weight except the last
+    Linear (the output layer), each convolution weighted by its number of output positions
+    (``conv_scaling``; the L1 norm of the dense matrix the convolution is) -- biases are not penalised."""
+
+    name = "l1"
+
+    def __init__(self, conv_scaling: bool = True, output_layer: bool = False) -> None:
+        self.conv_scaling, self.output_layer = bool(conv_scaling), bool(output_layer)
+        self._positions: dict[nn.Module, int] = {}
+        self._model_id: int | None = None
+
+    def __call__(self, ctx: StepContext) -> torch.Tensor:
+        layers = [m for m in ctx.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if not layers:
+            raise ValueError("l1: the model has no Conv2d or Linear layer")
+        if not self.output_layer and isinstance(layers[-1], nn.Linear):
+            layers = layers[:-1]
+        if self.conv_scaling and self._model_id != id(ctx.model):
+            self._positions = conv_output_positions(ctx.model, tuple(ctx.x.shape[1:]))
+            self._model_id = id(ctx.model)
+        total = ctx.x.new_zeros(())
+        for m in layers:
+            scale = self._positions.get(m, 1) if (self.conv_scaling and isinstance(m, nn.Conv2d)) else 1
+            total = total + scale * m.weight.abs().sum()
+        return total

@@ -47,6 +47,7 @@ class StepContext:
     threat: ThreatModel  # with the current (possibly ramped) eps
     progress: float = 0.0  # fraction of training done, in [0, 1]
     generator: torch.Generator | None = None
+    eps_fraction: float = 1.0  # fraction of the eps ramp done (0 before it starts, 1 after it ends or without one)
     logits: dict[str, torch.Tensor] = field(default_factory=dict)
     preacts: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)

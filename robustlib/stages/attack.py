@@ -18,9 +18,9 @@ import torch
 
 from robustlib import checks, paths
 from robustlib.attacks import autoattack, fgsm, pgd, transfer
-from robustlib.attacks.perceptual import PERCEPTUAL_ATTACKS
+from robustlib.attacks.perceptual import NEEDS_LPIPS, PERCEPTUAL_ATTACKS
 from robustlib.data import Split, dataset_info, load_split
-from robustlib.io import load_model, write_json
+from robustlib.io import load_model, read_json, write_json
 from robustlib.parallel import Background
 from robustlib.params import all_runs
 from robustlib.robustness import evaluate_attacks, robustness_curve, save_results
@@ -74,10 +74,18 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
         attacks["transfer_linf"] = partial(_transfer_attack, src_model, eps=linf.eps, steps=steps, restarts=restarts,
                                            seed=seed, batch_size=bs)
         threats["transfer_linf"] = linf
+    lpips_net, lpips_info = None, None
     for name, eps in (ap.get("perceptual") or {}).items():
         if name not in PERCEPTUAL_ATTACKS:
             raise ValueError(f"attack.perceptual: unknown attack {name!r}; known: {sorted(PERCEPTUAL_ATTACKS)}")
-        attacks[name] = partial(PERCEPTUAL_ATTACKS[name], eps=float(eps))
+        kwargs = {"eps": float(eps)}
+        if name in NEEDS_LPIPS:
+            if lpips_net is None:
+                lpips_net, lpips_info = _lpips_network(env)
+            kwargs["lpips_net"] = lpips_net
+        attacks[name] = partial(PERCEPTUAL_ATTACKS[name], **kwargs)
+    group = {**{a: t.norm for a, t in threats.items()}, **{a: THREAT_GROUP.get(a, a) for a in attacks
+                                                              if a not in threats}}
 
     processes = int(ap["processes"]) if x.device.type == "cpu" else 1
     n_curve = int(ap["curve_n"])
@@ -85,9 +93,10 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
                         steps, restarts, seed, bs, enabled=processes > 1)  # alongside the attacks
     table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, batch_size=bs, seed=seed,
                              processes=processes)
-    for threat_name in ("linf", "l2"):
-        cols = [f"robust_{a}" for a in attacks if a.endswith(f"_{threat_name}") and f"robust_{a}" in table]
-        table[f"worst_{threat_name}"] = table[["clean_correct", *cols]].all(axis=1)
+    for threat_name in dict.fromkeys(group.values()):  # worst case per threat model, over its attacks
+        cols = [f"robust_{a}" for a, g in group.items() if g == threat_name and f"robust_{a}" in table]
+        if cols:
+            table[f"worst_{threat_name}"] = table[["clean_correct", *cols]].all(axis=1)
     save_results(table, paths.attack_results_path(env.out, run))
     not_applicable = dict(table.attrs.get("not_applicable", {}))
     seconds = dict(table.attrs.get("seconds", {}))
@@ -104,6 +113,9 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     xs, ys, _ = test_examples(env, run, int(ap["sanity"]["n"]))  # may exceed n_test: the budget check's
     sanity = run_sanity_checks(model, xs.to(env.device), ys.to(env.device), curve, table, run, env.params,
                                info.num_classes, seed)  # 0.5-point tolerance needs >= 200 examples
+    if run == ap["sanity"].get("undefended_run"):  # positive controls of the perceptual attacks
+        sanity["perceptual_controls"] = checks.check_positive_controls(
+            table, ap["sanity"].get("perceptual_max_acc") or {}, run)
     seconds["sanity"] = round(time.perf_counter() - t_sanity, 2)
     metrics = {
         "run": run,
@@ -112,8 +124,9 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
         "l2_eps": l2.eps,
         "clean_acc": float(table["clean_correct"].mean()),
         **{f"{c.removeprefix('robust_')}_acc": float(table[c].mean()) for c in table if c.startswith("robust_")},
-        "worst_linf_acc": float(table["worst_linf"].mean()),
-        "worst_l2_acc": float(table["worst_l2"].mean()),
+        **{f"{c}_acc": float(table[c].mean()) for c in table if c.startswith("worst_")},
+        "perceptual_budgets": {k: float(v) for k, v in (ap.get("perceptual") or {}).items()},
+        "lpips_network": lpips_info,
         "not_applicable": not_applicable,
         "sanity": sanity,
         "autoattack": {"version": ap["autoattack_version"], "square_escalation": int(ap["square_escalation"]),
@@ -123,6 +136,21 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     }
     write_json(metrics, paths.attack_metrics_path(env.out, run))
     return metrics
+
+
+THREAT_GROUP = {"lpa": "nptm", "ppgd": "nptm"}
+"""Perceptual attacks that share a threat model (LPA and PPGD: the LPIPS ball); any other perceptual
+attack is its own threat model."""
+
+
+def _lpips_network(env: StageEnv):
+    """The fixed LPIPS network trained by the lpips stage, and its identity for the results."""
+    path = paths.lpips_model_path(env.out)
+    if not path.exists():
+        raise FileNotFoundError(f"the NPTM attacks need the LPIPS network at {path}: run the lpips stage first "
+                                f"(`dvc repro lpips`)")
+    info = read_json(paths.lpips_metrics_path(env.out))
+    return load_model(path).to(env.device), {k: info[k] for k in ("model", "sha256", "test_acc", "epochs")}
 
 
 def _curves(model, x, y, eps_grids: dict, steps: int, restarts: int, seed: int, batch_size: int) -> pd.DataFrame:

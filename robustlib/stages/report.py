@@ -18,6 +18,7 @@ from robustlib.params import all_runs
 from robustlib.reports import (
     attack_table,
     learning_curves_figure,
+    perceptual_settings,
     robustness_curves_figure,
     save_figure,
     training_table,
@@ -48,6 +49,8 @@ def run(params_file: str = "params.yaml", output_root: str = ".", input_root: st
                 figures / "learning_curves.png")
     t1 = attack_table(train, attack)
     write_table(t1, tables / "table1_attacks")
+    write_table(perceptual_settings(attack, env.params["attack"]["sanity"].get("undefended_run")),
+                tables / "perceptual_settings")
     save_figure(robustness_curves_figure({r: pd.read_csv(paths.attack_curve_path(inp, r)) for r in runs}),
                 figures / "robustness_curves.png")
     t2 = verification_table(verify, {m["run"]: m for m in attack})
@@ -83,6 +86,16 @@ def benchmark_table(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _lpips_note(inp: Path) -> str:
+    f = paths.lpips_metrics_path(inp)
+    if not f.exists():
+        return "not trained (no NPTM attack run)"
+    m = json.loads(f.read_text())
+    return (f"self-trained by the lpips stage (`{m['model']}` {m['model_kwargs']}, {m['epochs']} epoch(s) on the "
+            f"training split, test accuracy {100 * m['test_acc']:.1f}%, sha256 {m['sha256'][:12]}; perceptual-advex "
+            "downloads its alexnet_cifar, which cannot be done here)")
+
+
 def _section(title: str, md_table: Path, out: Path, note: str = "") -> list[str]:
     body = md_table.read_text() if md_table.exists() else f"_missing: {md_table.relative_to(out)}_\n"
     return [f"## {title}", "", body, f"Source: `{md_table.relative_to(out).with_suffix('.csv')}`. {note}", ""]
@@ -104,16 +117,31 @@ def _report_markdown(params: dict, out: Path, inp: Path) -> str:
     lines += _section("Training: clean accuracy and training time", t / "train_summary.md", out)
     lines += [f"![learning curves]({f}/learning_curves.png)", ""]
     lines += _section("Table 1 analog: clean and robust accuracy (%) under each attack", t / "table1_attacks.md", out,
-                      "linf_worst = clean AND FGSM, PGD, AutoAttack and transfer all failed. n/a: the attack needs "
-                      "colour images. NPTM (LPA) uses the attacked model's own features as its LPIPS network "
-                      "(AlexNet weights cannot be downloaded here). AA_square_flag: threat models where "
+                      "linf_worst = clean AND FGSM, PGD, AutoAttack and transfer all failed. Perceptual columns "
+                      "follow Laidlaw et al. 2021 (perceptual-advex): spatial = StAdv, recolor = ReColorAdv (CIELUV), "
+                      "JPEG = JPEG-L-inf, NPTM = worst of LPA and PPGD (those run) under ONE fixed LPIPS network, "
+                      f"{_lpips_note(inp)}; each keeps its best iterate per example (the reference returns the last), "
+                      "and every point is checked to lie in its threat model's set. n/a: the attack needs colour "
+                      "images. AA_square_flag: threat models where "
                       "AutoAttack's gradient-free Square broke examples APGD and FAB missed; survivors were "
                       f"re-attacked by Square with {ap['square_escalation']}x queries and restarts "
                       "(0: not re-attacked, AutoAttack standard as published).")
+    lines += _section("Perceptual attacks: budgets and positive controls", t / "perceptual_settings.md", out,
+                      "Budgets as Laidlaw et al. 2021 use them on CIFAR-10 (they give none for MNIST); the "
+                      "undefended run's accuracy under each attack must not exceed control_max (the attack stage "
+                      "fails otherwise).")
     lines += [f"![robustness curves]({f}/robustness_curves.png)", ""]
     lines += _section("Table 2 analog: complete verification (MILP)", t / "table2_verification.md", out,
-                      f"First {vp['n_test']} test examples; time limit {vp['time_limit']} s per example; a time "
-                      "limit or solver error is never counted as verified.")
+                      f"First {vp['n_test']} test examples; all columns on the same examples and at the same eps "
+                      f"(AutoAttack standard at each eps). Solver {vp['solver']}, time limit {vp['time_limit']} s "
+                      f"per example, {vp['processes']} process(es). Verified means the proven minimum margin "
+                      f"exceeds atol {vp['margin_atol']:g} + rtol {vp['margin_rtol']:g} x (bound on the largest "
+                      "logit over the ball)" + (" + 2 x a rigorous float32 error bound" if vp.get("margin_float32")
+                                                else "") + "; a timeout, solver error or margin within that "
+                      "tolerance is never counted as verified. pgd_minus_verified is split into gap_timeout "
+                      "(time limit), gap_unknown_other (e.g. margin within the tolerance) and gap_falsified "
+                      "(a counterexample PGD missed). paper_*: Jin & Rinard's Table 2, which is CIFAR-10 at "
+                      "8/255 with 120 s per example (a different dataset, budget and training length).")
     lines += [f"![verification]({f}/verification.png)", ""]
     lines += _section("Certified accuracy (IBP; Lipschitz for spectral-norm runs)", t / "certified.md", out)
     lines += _section("Table 3 analog: ablations", t_in / "ablation_table3.md", inp)

@@ -1,12 +1,16 @@
-"""Perceptual attacks (the columns of Jin & Rinard's Table 1): StAdv, ReColorAdv, JPEG and LPA,
-implemented from the papers (the ``perceptual-advex`` package does not import with current
-torchvision). Each raises ``NotApplicable`` with the reason where it does not apply."""
+"""Perceptual attacks (the columns of Jin & Rinard's Table 1) as Laidlaw et al. (2021) evaluate them:
+StAdv, ReColorAdv, JPEG-L-inf, and the NPTM attacks LPA and PPGD under a fixed LPIPS network. Written
+from the papers and the perceptual-advex code (which does not import with current torchvision); each
+module says where it departs. Each raises ``NotApplicable`` with the reason where it does not apply."""
 
 from robustlib.attacks.perceptual.jpeg import jpeg
-from robustlib.attacks.perceptual.lpa import lpa, lpips_distance
+from robustlib.attacks.perceptual.lpa import lpa, lpips_distance, lpips_features, ppgd
 from robustlib.attacks.perceptual.recoloradv import recoloradv
 from robustlib.attacks.perceptual.stadv import stadv
 
-PERCEPTUAL_ATTACKS = {"stadv": stadv, "recoloradv": recoloradv, "jpeg": jpeg, "lpa": lpa}
+PERCEPTUAL_ATTACKS = {"stadv": stadv, "recoloradv": recoloradv, "jpeg": jpeg, "lpa": lpa, "ppgd": ppgd}
+NEEDS_LPIPS = ("lpa", "ppgd")
+"""Attacks that take the fixed LPIPS network (``lpips_net=``)."""
 
-__all__ = ["PERCEPTUAL_ATTACKS", "jpeg", "lpa", "lpips_distance", "recoloradv", "stadv"]
+__all__ = ["NEEDS_LPIPS", "PERCEPTUAL_ATTACKS", "jpeg", "lpa", "lpips_distance", "lpips_features", "ppgd",
+           "recoloradv", "stadv"]

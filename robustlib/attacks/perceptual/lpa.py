@@ -1,19 +1,34 @@
-"""LPA: Lagrangian Perceptual Attack (Laidlaw, Singla & Feizi, ICLR 2021), the neural perceptual
-threat model (NPTM) ``d(x, x') <= eps`` with ``d`` an LPIPS distance.
+"""The neural perceptual threat model (NPTM) of Laidlaw, Singla & Feizi (ICLR 2021), ``d(x, x') <=
+eps`` with ``d`` an LPIPS distance, and its two attacks, LPA (Lagrangian Perceptual Attack, their
+Alg. 2) and PPGD (Perceptual Projected Gradient Descent, their Alg. 1), as in perceptual-advex
+(``LagrangePerceptualAttack``, ``PerceptualPGDAttack``, ``NewtonsPerceptualProjection``).
 
-LPIPS (Zhang et al. 2018) compares unit-normalized deep features: ``d(x, x') = ||phi(x) - phi(x')||_2``
-where ``phi`` stacks, for every layer ``l``, the activations normalized to unit L2 norm across channels
-at each spatial position and scaled by ``1 / sqrt(H_l W_l)`` (uniform layer weights, no learned
-linear head). The paper uses an AlexNet as the LPIPS network; AlexNet weights cannot be downloaded
-here, so the LPIPS network is the ATTACKED MODEL's own ReLU activations (``model(x,
-return_preacts=True)``), the "self-bounded" variant of Laidlaw et al. A model that cannot return its
-pre-activations raises ``NotApplicable``.
+The LPIPS network is FIXED and the same for every attacked model: an ``alexnet_cifar`` trained by the
+pipeline's ``lpips`` stage on the dataset's training split (perceptual-advex downloads its
+checkpoint; nothing can be downloaded here). ``d(x, x') = ||phi(x) - phi(x')||_2`` where ``phi``
+stacks the network's convolutional ReLU outputs, each normalized to unit L2 norm over channels at
+every position and divided by ``sqrt(H_l W_l)`` (perceptual-advex's ``normalize_flatten_features``:
+uniform layer weights, no learned linear head; the square root of their unweighted LPIPS).
 
-Algorithm (the paper's Alg. 2): maximize the margin loss minus ``lambda * max(0, d - eps)`` by
-normalized-gradient steps whose size in LPIPS units decays from ``eps`` to ``eps / 10`` (the
-step's perceptual length is measured by a finite difference), raising ``lambda`` tenfold after each
-round in which the bound is violated; finally project onto ``d <= eps`` by bisection along the
-segment from ``x`` (the paper's bisection projection), so every returned point obeys the bound.
+Both attacks maximize the margin ``min(max_{j != y} z_j - z_y, kappa)`` with kappa 1.
+
+* LPA: ``delta`` starts at ``N(0, 0.01^2)``; 5 rounds ("binary steps") of 40 steps; in each step,
+  for examples not yet fooled inside the bound, minimize ``-margin + lambda * relu(d - eps)`` by a
+  normalized-gradient step of LPIPS length ``0.5 * 0.1^(t / 40)`` (the length of the gradient
+  direction measured by a finite difference with h 0.1); an example fooled within the bound is
+  frozen; after each round lambda (from 0.01) is multiplied by 10 where the bound is violated;
+  finally a Newton projection onto ``d <= eps``.
+* PPGD: ``x + N(0, 0.01^2)``, then 40 steps, each along ``(J^T J)^{-1} grad`` (J the LPIPS
+  features' Jacobian; 5 conjugate-gradient iterations with finite-difference products, h 1e-3) of
+  linearized LPIPS length ``2 eps / 40``, followed by the Newton projection.
+* Newton projection: up to 10 steps ``x' -= 1.1 (d - eps + 0.1) grad d / ||grad d||^2`` on examples
+  outside the bound, then bisection along the segment from ``x`` for any still outside.
+
+Departures (labelled): starting points are clipped to [0, 1]; the bisection returns its last point
+that satisfies the bound (the reference returns its last evaluated one, which may violate it); the
+reference's accumulation of gradients across Newton steps is not reproduced; every evaluated
+iterate that lies inside the bound is a candidate and each example keeps the one with the largest
+margin (the reference returns the final point only). Every returned point satisfies ``d <= eps``.
 """
 
 from __future__ import annotations
@@ -21,82 +36,215 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlib.attacks.common import NotApplicable, check_count, check_inputs, eval_mode, margin_loss
+from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, \
+    margin_loss
 
 
-def lpips_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, phi(x))``: phi is (B, D), the normalized, scaled ReLU activations of every layer."""
-    try:
-        logits, preacts = model(x, return_preacts=True)
-    except TypeError as err:
-        raise NotApplicable("LPA uses the model's own activations as the LPIPS network and needs "
-                            "model(x, return_preacts=True)") from err
+def lpips_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``phi(x)`` (B, D): the convolutional ReLU outputs of ``net`` (a ``SequentialReLUNet`` such as
+    ``alexnet_cifar``), channel-normalized (eps 1e-10) and scaled by ``1 / sqrt(H W)``, concatenated.
+    Only the layers up to the last convolutional ReLU are evaluated."""
+    layers = getattr(net, "layers", None)
+    if not isinstance(layers, nn.Sequential) or not hasattr(net, "normalize"):
+        raise NotApplicable("the LPIPS network must be a robustlib SequentialReLUNet (e.g. alexnet_cifar)")
+    h = net.normalize(x)
     feats = []
-    for z in preacts:
-        a = torch.relu(z)
-        a = a / (a.pow(2).sum(1, keepdim=True) + 1e-20).sqrt()
-        spatial = a[0, 0].numel()
-        feats.append(a.flatten(1) / spatial ** 0.5)
+    for layer in layers:
+        if isinstance(layer, nn.Flatten):
+            break
+        h = layer(h)
+        if isinstance(layer, nn.ReLU) and h.dim() == 4:
+            norm = h.pow(2).sum(1, keepdim=True).sqrt()
+            feats.append((h / ((norm + 1e-10) * (h.shape[2] * h.shape[3]) ** 0.5)).flatten(1))
     if not feats:
-        raise NotApplicable("the model has no ReLU layers to serve as LPIPS features")
-    return logits, torch.cat(feats, 1)
+        raise NotApplicable("the LPIPS network has no convolutional ReLU layers")
+    return torch.cat(feats, 1)
 
 
-def lpips_distance(model: nn.Module, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """Per-example LPIPS distance between ``x`` and ``x2`` under ``model``'s features."""
-    return (lpips_features(model, x)[1] - lpips_features(model, x2)[1]).norm(dim=1)
+def lpips_distance(net: nn.Module, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """Per-example LPIPS distance ``||phi(x) - phi(x2)||_2`` under the LPIPS network ``net``."""
+    return (lpips_features(net, x) - lpips_features(net, x2)).norm(dim=1)
 
 
-def _bisect(model: nn.Module, x: torch.Tensor, phi_x: torch.Tensor, x_adv: torch.Tensor, eps: float,
+def _view(x: torch.Tensor) -> tuple[int, ...]:
+    return (-1,) + (1,) * (x.dim() - 1)
+
+
+def _kappa_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
+    return margin_loss(logits, y).clamp(max=kappa)
+
+
+def _bisect(net: nn.Module, x: torch.Tensor, phi_x: torch.Tensor, x_adv: torch.Tensor, eps: float,
             iters: int = 20) -> torch.Tensor:
-    """Largest ``t`` in [0, 1] found by bisection with ``d(x, x + t (x_adv - x)) <= eps``; returns that point."""
-    lo = torch.zeros(x.shape[0], device=x.device)
-    hi = torch.ones(x.shape[0], device=x.device)
-    view = (-1,) + (1,) * (x.dim() - 1)
-    point = lambda t: x + t.view(view) * (x_adv - x)  # noqa: E731
-    inside = (lpips_features(model, point(hi))[1] - phi_x).norm(dim=1) <= eps
-    lo = torch.where(inside, hi, lo)
+    """Per example, the point ``x + t (x_adv - x)`` with the largest ``t`` in [0, 1] found by
+    bisection such that ``d <= eps`` (``t = 0``, i.e. ``x`` itself, always qualifies)."""
+    lo = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+    hi = torch.ones_like(lo)
+    point = lambda t: x + t.view(_view(x)) * (x_adv - x)  # noqa: E731
     for _ in range(iters):
         mid = (lo + hi) / 2
-        ok = (lpips_features(model, point(mid))[1] - phi_x).norm(dim=1) <= eps
-        lo = torch.where(ok & ~inside, mid, lo)
-        hi = torch.where(ok | inside, hi, mid)
+        ok = (lpips_features(net, point(mid)) - phi_x).norm(dim=1) <= eps
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
     return point(lo)
 
 
-def lpa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.5, steps: int = 40,
-        rounds: int = 5, lam0: float = 0.01, h: float = 0.1, generator: torch.Generator | None = None):
-    """LPA in the LPIPS ball of radius ``eps`` (see module docstring); ``steps`` per ``rounds``."""
+def newton_project(net: nn.Module, x: torch.Tensor, phi_x: torch.Tensor, x_adv: torch.Tensor, eps: float,
+                   overshoot: float = 0.1, max_iterations: int = 10) -> torch.Tensor:
+    """perceptual-advex's ``NewtonsPerceptualProjection`` (see module docstring), with a sound
+    bisection fallback: every returned point has ``d(x, .) <= eps`` (float32, as computed here)."""
+    x_adv = x_adv.detach().clone()
+    needs = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(max_iterations):
+        if not bool(needs.any()):
+            break
+        xa = x_adv[needs].requires_grad_(True)
+        d = (lpips_features(net, xa) - phi_x[needs]).norm(dim=1)
+        grad = torch.autograd.grad(d.sum(), xa)[0]
+        with torch.no_grad():
+            s = (d - eps).clamp_min(0)
+            s = torch.where(s > 0, s + overshoot, s)
+            g2 = grad.flatten(1).pow(2).sum(1).clamp_min(1e-20)
+            x_adv[needs] = (xa - (s * (1 + overshoot) / g2).view(_view(x)) * grad).clamp(0, 1)
+            needs[needs.clone()] = s > 0
+    with torch.no_grad():
+        outside = (lpips_features(net, x_adv) - phi_x).norm(dim=1) > eps
+        if bool(outside.any()):
+            x_adv[outside] = _bisect(net, x[outside], phi_x[outside], x_adv[outside], eps)
+    return x_adv
+
+
+class _Best:
+    """Per-example best-so-far among candidate points inside the LPIPS ball (``x`` itself to start)."""
+
+    def __init__(self, model: nn.Module, net: nn.Module, x: torch.Tensor, y: torch.Tensor, phi_x: torch.Tensor,
+                 eps: float) -> None:
+        self.model, self.net, self.x, self.y, self.phi_x, self.eps = model, net, x, y, phi_x, eps
+        self.point = x.clone()
+        with torch.no_grad():
+            self.margin = margin_loss(model(x), y)
+
+    @torch.no_grad()
+    def offer(self, cand: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        rows = torch.arange(self.x.shape[0], device=self.x.device) if rows is None else rows
+        inside = (lpips_features(self.net, cand) - self.phi_x[rows]).norm(dim=1) <= self.eps
+        inside &= ((cand >= 0) & (cand <= 1)).flatten(1).all(1)
+        m = margin_loss(self.model(cand), self.y[rows])
+        better = inside & (m > self.margin[rows])
+        self.margin[rows[better]] = m[better]
+        self.point[rows[better]] = cand[better]
+
+
+def _check(net: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, eps: float, name: str) -> torch.Tensor:
+    with torch.no_grad():
+        d = lpips_distance(net, x, x_adv)
+    if not bool((d <= eps * (1 + 1e-5)).all()):
+        raise AttackCheckError("threat_set", f"{name} returned a point with LPIPS distance {float(d.max()):.4g} "
+                               f"> {eps}")
+    return x_adv
+
+
+def _prepare(model, lpips_net, x, y, eps, name):
     check_inputs(x, y)
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    steps = check_count("steps", steps, 1)
-    rounds = check_count("rounds", rounds, 1)
-    x = x.detach()
-    view = (-1,) + (1,) * (x.dim() - 1)
+    if lpips_net is None:
+        raise NotApplicable(f"{name} needs the fixed LPIPS network (the pipeline's lpips stage trains it)")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    lpips_net.eval()
+    with torch.no_grad():
+        phi_x = lpips_features(lpips_net, x)
+    return x.detach(), phi_x
+
+
+def lpa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lpips_net: nn.Module | None = None, eps: float = 0.5,
+        steps: int = 40, rounds: int = 5, lam0: float = 0.01, h: float = 0.1, kappa: float = 1.0,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """LPA in the LPIPS ball of radius ``eps`` (see module docstring); ``steps`` per round."""
+    x, phi_x = _prepare(model, lpips_net, x, y, eps, "LPA")
+    steps, rounds = check_count("steps", steps, 1), check_count("rounds", rounds, 1)
     with eval_mode(model):
-        with torch.no_grad():
-            phi_x = lpips_features(model, x)[1]
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = (x + 0.01 * noise).clamp(0, 1)
-        lam = torch.full((x.shape[0],), lam0, device=x.device)
+        best = _Best(model, lpips_net, x, y, phi_x, eps)
+        noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else None).to(x)
+        delta = ((x + 0.01 * noise).clamp(0, 1) - x)
+        lam = torch.full((x.shape[0],), float(lam0), device=x.device, dtype=x.dtype)
+        live = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(rounds):
+            dists = torch.zeros_like(lam)
             for t in range(steps):
-                x_adv.requires_grad_(True)
-                logits, phi = lpips_features(model, x_adv)
-                dist = (phi - phi_x).norm(dim=1)
-                obj = margin_loss(logits, y) - lam * (dist - eps).clamp_min(0)
-                grad = torch.autograd.grad(obj.sum(), x_adv)[0]
-                x_adv = x_adv.detach()
-                direction = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+                if not bool(live.any()):
+                    break
+                rows = live.nonzero().squeeze(1)
+                xl = (x[rows] + delta[rows]).requires_grad_(True)
+                logits = model(xl)
+                d = (lpips_features(lpips_net, xl) - phi_x[rows]).norm(dim=1)
+                loss = -_kappa_margin(logits, y[rows], kappa) + lam[rows] * (d - eps).clamp_min(0)
+                grad = torch.autograd.grad(loss.sum(), xl)[0]
                 with torch.no_grad():
-                    eta = eps * 0.1 ** (t / steps)
-                    phi_now = lpips_features(model, x_adv)[1]
-                    m = (lpips_features(model, x_adv + h * direction)[1] - phi_now).norm(dim=1) / h
-                    x_adv = (x_adv + (eta / m.clamp_min(1e-12)).view(view) * direction).clamp(0, 1)
+                    xl = xl.detach()
+                    best.offer(xl, rows)
+                    g = grad / (grad.flatten(1).norm(dim=1).view(_view(x)) + 1e-8)
+                    dist_grad = (lpips_features(lpips_net, xl) - lpips_features(lpips_net, xl - h * g)).norm(dim=1) / h
+                    step = eps * 0.1 ** (t / steps)  # the reference's step: the bound, decayed tenfold per round
+                    delta[rows] = (xl - g * (step / (dist_grad + 1e-8)).view(_view(x))).clamp(0, 1) - x[rows]
+                    dists[rows] = d.detach()
+                    live[rows] = (logits.argmax(1) == y[rows]) | (d.detach() > eps)
+            lam = torch.where(dists >= eps, lam * 10, lam)
+            if not bool(live.any()):
+                break
+        final = newton_project(lpips_net, x, phi_x, x + delta, eps)
+        best.offer(final)
+    return _check(lpips_net, x, best.point, eps, "LPA")
+
+
+def _features_jvp(net: nn.Module, xa: torch.Tensor, phi: torch.Tensor, p: torch.Tensor, h: float) -> torch.Tensor:
+    with torch.no_grad():
+        return (lpips_features(net, xa + h * p) - phi) / h
+
+
+def ppgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lpips_net: nn.Module | None = None, eps: float = 0.5,
+         steps: int = 40, cg_iterations: int = 5, h: float = 1e-3, kappa: float = 1.0,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """PPGD in the LPIPS ball of radius ``eps`` (see module docstring)."""
+    x, phi_x = _prepare(model, lpips_net, x, y, eps, "PPGD")
+    steps, cg_iterations = check_count("steps", steps, 1), check_count("cg_iterations", cg_iterations, 1)
+    step = 2 * eps / steps
+    view = _view(x)
+    with eval_mode(model):
+        best = _Best(model, lpips_net, x, y, phi_x, eps)
+        noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else None).to(x)
+        x_adv = (x + 0.01 * noise).clamp(0, 1)
+        for _ in range(steps):
+            xa = x_adv.requires_grad_(True)
+            grad = torch.autograd.grad(_kappa_margin(model(xa), y, kappa).sum(), xa)[0]
+            xa = xa.detach()
+            live = grad.flatten(1).norm(dim=1) >= 1e-4
+            with torch.enable_grad():
+                xr = xa.clone().requires_grad_(True)
+                phi_r = lpips_features(lpips_net, xr)
+            phi0 = phi_r.detach()
+
+            def jtj(p: torch.Tensor) -> torch.Tensor:  # J^T J p by a finite-difference J p
+                jp = _features_jvp(lpips_net, xa, phi0, p, h)
+                return torch.autograd.grad(phi_r, xr, grad_outputs=jp, retain_graph=True)[0]
+
+            # conjugate gradients on (J^T J) v = grad, per example, from v = 0
+            v = torch.zeros_like(grad)
+            r = grad.clone()
+            p = r.clone()
+            rr = r.flatten(1).pow(2).sum(1)
+            for it in range(cg_iterations):
+                ap = jtj(p)
+                alpha = rr / (p * ap).flatten(1).sum(1).clamp_min(1e-20)
+                v = v + alpha.view(view) * p
+                r = r - alpha.view(view) * ap
+                rr_new = r.flatten(1).pow(2).sum(1)
+                if it > 0 and float(rr_new.max()) < 0.1:
+                    break
+                p = r + (rr_new / rr.clamp_min(1e-20)).view(view) * p
+                rr = rr_new
             with torch.no_grad():
-                violated = (lpips_features(model, x_adv)[1] - phi_x).norm(dim=1) > eps
-            lam = torch.where(violated, lam * 10, lam)
-        with torch.no_grad():
-            x_adv = _bisect(model, x, phi_x, x_adv, eps).clamp(0, 1)
-    return x_adv.detach()
+                length = _features_jvp(lpips_net, xa, phi0, v, h).norm(dim=1)
+                lam = torch.where(live, step / length.clamp_min(1e-20), torch.zeros_like(length))
+                x_adv = (xa + lam.view(view) * v).clamp(0, 1)
+            x_adv = newton_project(lpips_net, x, phi_x, x_adv, eps)
+            best.offer(x_adv)
+    return _check(lpips_net, x, best.point, eps, "PPGD")

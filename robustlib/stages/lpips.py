@@ -1,0 +1,63 @@
+"""The lpips stage: train the fixed LPIPS network of the NPTM attacks (LPA, PPGD).
+
+Laidlaw et al. (2021) bound CIFAR-10 NPTM attacks with ``alexnet_cifar``, a classifier trained on
+CIFAR-10 whose checkpoint perceptual-advex downloads. Nothing can be downloaded here, so this stage
+trains that architecture (``robustlib.models.AlexNetCIFAR``; a narrower analogue for MNIST, set in the
+profile) with cross-entropy on the dataset's training split, the same split and seed as every run,
+and records its test accuracy and the checkpoint's SHA-256 with every attack result that uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from robustlib import paths
+from robustlib.data import load_split, make_split
+from robustlib.evaluate import accuracy
+from robustlib.io import save_model, write_json
+from robustlib.params import lpips_config
+from robustlib.stages.common import setup
+from robustlib.train import train
+
+logger = logging.getLogger(__name__)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (the LPIPS checkpoint's identity in the attack results)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run(params_file: str = "params.yaml", output_root: str = ".", progress: bool = True) -> dict[str, Any]:
+    """Train the LPIPS network and write its checkpoint and metrics; return the metrics."""
+    env = setup(params_file, output_root)
+    cfg = lpips_config(env.params)
+    data = env.params["data"]
+    t0 = time.perf_counter()
+    train_set = load_split(data["dataset"], train=True, root=env.data_root)
+    test_set = load_split(data["dataset"], train=False, root=env.data_root)
+    split = make_split(data["dataset"], len(train_set), len(test_set), data.get("n_train"), int(data["n_val"]),
+                       data.get("n_test"), cfg.seed, source=train_set.source)
+    result = train(cfg, train_set.images(split.train), train_set.labels(split.train),
+                   train_set.images(split.val), train_set.labels(split.val), device=env.device,
+                   resume_path=paths.lpips_resume_path(env.out), progress=progress)
+    model = result.model
+    test_acc = accuracy(model, test_set.images(split.test).to(env.device), test_set.labels(split.test).to(env.device))
+    out = paths.lpips_model_path(env.out)
+    save_model(model.cpu(), out, extra={"config": asdict(cfg)})
+    paths.lpips_resume_path(env.out).unlink(missing_ok=True)
+    metrics = {"model": cfg.model, "model_kwargs": {k: v for k, v in cfg.model_kwargs.items() if k not in ("mean", "std")},
+               "epochs": cfg.epochs, "test_acc": test_acc, "val_acc": result.history[-1].get("val_acc"),
+               "sha256": file_sha256(out), "train_minutes": round(result.train_seconds / 60, 3),
+               "minutes": round((time.perf_counter() - t0) / 60, 3)}
+    write_json(metrics, paths.lpips_metrics_path(env.out))
+    logger.info("LPIPS network %s: test accuracy %.4f", cfg.model, test_acc)
+    return metrics
