@@ -24,7 +24,7 @@ from robustlib.data import load_split
 from robustlib.io import load_model, write_json
 from robustlib.parallel import Background
 from robustlib.robustness import evaluate_attacks
-from robustlib.stages.attack import _curves as stage_curves  # the attack stage's own curve computation
+from robustlib.robustness import robustness_curves as stage_curves  # the attack stage's own curve computation
 
 RESULTS = Path(__file__).parent / "results"
 

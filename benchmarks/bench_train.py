@@ -135,9 +135,9 @@ def main() -> None:
                      f"{1e3 * s['hamming_stability']:.1f} | {1e3 * s['hamming_stability_eager']:.1f} | "
                      f"{r['floor_over_plain']:.2f} | {r['hamming_stability_over_plain']:.2f} | "
                      f"{r['hamming_stability_over_floor']:.3f} | {r['hamming_stability_eager_over_floor']:.3f} |")
-    args.out.with_suffix(".md").write_text(f"# Training step cost ({meta['date']}, {args.threads} threads)\n\n"
-                                           + "\n".join(lines) + "\n\nTarget: h+s/floor <= 1.15 (h+s: Hamming regularizer "
-                                           "compiled by torch.compile, the training default; eager: "
+    header = f"# Training step cost ({meta['date']}, {args.threads} threads)\n\n"
+    args.out.with_suffix(".md").write_text(header + "\n".join(lines) + "\n\nTarget: h+s/floor <= 1.15 (h+s: Hamming "
+                                           "regularizer compiled by torch.compile, the training default; eager: "
                                            "ROBUSTLIB_COMPILE=0).\n")
     print("wrote", args.out.with_suffix(".json"), "and", args.out.with_suffix(".md"))
 

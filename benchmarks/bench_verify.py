@@ -32,8 +32,8 @@ import torch
 
 from robustlib.data import load_split
 from robustlib.io import load_model, write_json
-from robustlib.verify import summarize, verify
 from robustlib.verify import solver_settings as settings_of
+from robustlib.verify import summarize, verify
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
               ("decided fraction", "decided_fraction", "{:.2f}"), ("timeouts", "timeouts", "{}"),
               ("median s / example", "median_seconds", "{:.3f}"), ("p90 s / example", "p90_seconds", "{:.3f}"),
               ("mean s / example", "mean_seconds", "{:.3f}"), ("examples reaching the MILP", "milp_examples", "{}"),
-              ("median s of those", "milp_median_seconds", "{:.3f}"), ("mean s of those", "milp_mean_seconds", "{:.3f}"),
+              ("median s of those", "milp_median_seconds", "{:.3f}"),
+              ("mean s of those", "milp_mean_seconds", "{:.3f}"),
               ("median tolerance", "tol_median", "{:.2e}"),
               ("unstable ReLUs (median)", "unstable_median", "{:.0f}"), ("wall s", "wall_seconds", "{:.1f}")]
     for label, key, fmt in fields:

@@ -184,3 +184,39 @@ def check_positive_controls(table: pd.DataFrame, max_acc: dict[str, float], run:
             raise SanityCheckError("positive_control", f"{run}: undefended accuracy under {attack} is {acc:.4f} "
                                    f"> {float(limit):.4f}: the attack fails to fool an undefended model")
     return out
+
+
+def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, curve: pd.DataFrame,
+                             table: pd.DataFrame, run: str, params: dict, num_classes: int,
+                             seed: int) -> dict[str, Any]:
+    """The attack stage's Carlini et al. (2019) checks on one run (attacks re-run on the examples ``xs``,
+    ``ys``; the curve and table checks on the stage's results); any failure raises ``SanityCheckError``."""
+    from robustlib.attacks.gradient import pgd
+
+    ap, sp = params["attack"], params["attack"]["sanity"]
+    steps, restarts = int(ap["pgd_steps"]), int(ap["pgd_restarts"])
+    out: dict[str, Any] = {}
+    pgd_curve = curve[curve["attack"].isin(["pgd", "fgsm"])]
+    out["monotone_in_eps"] = check_monotone_in_eps(pgd_curve[pgd_curve["attack"] == "pgd"])
+    for norm in ("linf", "l2"):
+        c = curve[curve["norm"] == norm]
+        for eps, grp in c.groupby("eps"):
+            accs = dict(zip(grp["attack"], grp["robust_acc"], strict=False))
+            if "pgd" in accs and "fgsm" in accs and accs["pgd"] > accs["fgsm"] + 1e-9:
+                raise SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy {accs['pgd']:.4f} exceeds "
+                                              f"FGSM's {accs['fgsm']:.4f} at {norm} eps={eps}")
+        out[f"large_eps_{norm}"] = check_large_eps(pgd, model, xs, ys, norm, float(sp["large_eps"][norm]),
+                                                          num_classes, steps=steps, restarts=1)
+    out["budget_linf"] = check_budget_converged(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
+                                                       steps, restarts, tol=float(sp["budget_tol"]), seed=seed)
+    robust_cols = [c for c in table if c.startswith("robust_") or c.startswith("worst_")]
+    out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table["robust_pgd_linf"].mean()),
+                                 "fgsm_linf": float(table["robust_fgsm_linf"].mean())}
+    if out["pgd_vs_fgsm_points"]["pgd_linf"] > out["pgd_vs_fgsm_points"]["fgsm_linf"]:
+        raise SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy exceeds FGSM's at the standard eps")
+    if run == sp.get("undefended_run"):
+        out["undefended"] = check_undefended(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
+                                                    max_acc=float(sp["undefended_max_acc"]), steps=steps,
+                                                    restarts=restarts)
+    out["columns"] = robust_cols
+    return out

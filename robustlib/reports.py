@@ -136,6 +136,23 @@ def verification_figure(per_example: Mapping[str, pd.DataFrame]) -> Figure:
     return fig
 
 
+def run_summary(out, run: str) -> dict:
+    """Clean and robust accuracy (%) of a run from its per-example attack results, with training minutes."""
+    from robustlib import paths
+    from robustlib.io import read_json
+    from robustlib.robustness import load_results
+
+    table = load_results(paths.attack_results_path(out, run))
+    train = read_json(paths.train_metrics_path(out, run))
+    row = {"run": run, "n": len(table), "clean_%": 100 * table["clean_correct"].mean()}
+    for col, name in (("robust_pgd_linf", "pgd_linf_%"), ("robust_aa_linf", "aa_linf_%"),
+                      ("worst_linf", "worst_linf_%"), ("robust_aa_l2", "aa_l2_%")):
+        if col in table:
+            row[name] = 100 * table[col].mean()
+    row["train_minutes"] = train["train_minutes"]
+    return row
+
+
 PERCEPTUAL_COLUMNS = (("spatial", "stadv", ("stadv",)), ("recolor", "recoloradv", ("recoloradv",)),
                       ("JPEG", "jpeg", ("jpeg",)), ("NPTM", "nptm", ("lpa", "ppgd")))
 """Table 1's perceptual columns: (column, threat model, its attacks) -- Laidlaw et al. 2021's threat models."""

@@ -162,3 +162,11 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
             rows.append({"norm": norm, "eps": eps, "attack": name,
                          "robust_acc": float(table[f"robust_{name}"].mean())})
     return pd.DataFrame(rows, columns=["norm", "eps", "attack", "robust_acc"])
+
+
+def robustness_curves(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grids: Mapping[str, Sequence[float]],
+                      steps: int, restarts: int, seed: int, batch_size: int) -> pd.DataFrame:
+    """``robustness_curve`` (PGD and FGSM) for each norm's eps grid, as one tidy table (the attack
+    stage's Figure 2 data)."""
+    return pd.concat([robustness_curve(model, x, y, norm, grid, steps=steps, restarts=restarts, seed=seed,
+                                       batch_size=batch_size) for norm, grid in eps_grids.items()], ignore_index=True)

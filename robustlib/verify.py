@@ -58,6 +58,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlib import parallel
+from robustlib.attacks.ascent import ascend
+from robustlib.attacks.common import margin_loss
 from robustlib.bounds import (
     BOUND_METHODS,
     MARGIN_ATOL,
@@ -438,16 +440,13 @@ def solve_class(milp: _MILP, solver: str, y: int, j: int, time_left: float, marg
     raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
 
 
-SCIP_OBJLIMIT_SLACK = 1e-6
-"""SCIP stops early through an objective limit ``margin_tol + slack``: nodes whose bound reaches it
-are pruned (up to SCIP's epsilon, 1e-9), so "infeasible" under the limit proves the minimum margin
->= ``margin_tol + slack - 1e-8`` > ``margin_tol``."""
-
-
 def _solve_class_scip(milp: _MILP, y: int, j: int, time_left: float, margin_tol: float, replay_fn,
                       stop_early: bool = True, seed: int = 0) -> _ClassOutcome:
-    """``solve_class`` with SCIP (``pyscipopt``) on the same encoding. Improving solutions with negative
-    margin are replayed as they are found (an event handler), as with HiGHS."""
+    """``solve_class`` with SCIP (``pyscipopt``) on the same encoding, stopped as HiGHS is: an event
+    handler replays every improving solution with negative margin, and interrupts the search once a
+    replay succeeds or, after any node, SCIP's global dual bound exceeds ``margin_tol``. (No objective
+    limit: under one, "infeasible" could not be told apart from numerical trouble, which must give
+    ``unknown``; the encoding is never empty in exact arithmetic.)"""
     from pyscipopt import SCIP_EVENTTYPE, Eventhdlr
     from pyscipopt.scip import Expr, Term
 
@@ -458,45 +457,48 @@ def _solve_class_scip(milp: _MILP, y: int, j: int, time_left: float, margin_tol:
     nz = np.flatnonzero(cost)
     model.setObjective(Expr({Term(xs[k]): float(cost[k]) for k in nz.tolist()}), "minimize")
     model.addObjoffset(offset)
-    objlimit = margin_tol + SCIP_OBJLIMIT_SLACK
-    if stop_early:
-        model.setObjlimit(objlimit)
     model.setParam("limits/time", max(float(time_left), 1e-3))
     inputs = xs[:milp.n_input]
-    state = {"point": None, "tried": 0}
+    state = {"point": None, "tried": 0, "dual": -math.inf}
+    node_events = SCIP_EVENTTYPE.NODEFEASIBLE | SCIP_EVENTTYPE.NODEINFEASIBLE | SCIP_EVENTTYPE.NODEBRANCHED
 
     class _Replay(Eventhdlr):
         def eventinit(self) -> None:
             self.model.catchEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+            self.model.catchEvent(node_events, self)
 
         def eventexit(self) -> None:
             self.model.dropEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+            self.model.dropEvent(node_events, self)
 
         def eventexec(self, event) -> None:
-            sol = self.model.getBestSol()
-            if (self.model.getSolObjVal(sol) < 0 and state["point"] is None and state["tried"] < 50):
-                state["tried"] += 1
-                state["point"] = replay_fn(np.array([self.model.getSolVal(sol, v) for v in inputs]))
-                if state["point"] is not None and stop_early:
-                    self.model.interruptSolve()
+            if event.getType() == SCIP_EVENTTYPE.BESTSOLFOUND:
+                sol = self.model.getBestSol()
+                if self.model.getSolObjVal(sol) < 0 and state["point"] is None and state["tried"] < 50:
+                    state["tried"] += 1
+                    state["point"] = replay_fn(np.array([self.model.getSolVal(sol, v) for v in inputs]))
+                    if state["point"] is not None and stop_early:
+                        self.model.interruptSolve()
+                return
+            dual = self.model.getDualbound()
+            state["dual"] = max(state["dual"], dual)
+            if stop_early and dual > margin_tol:
+                self.model.interruptSolve()
 
     model.includeEventhdlr(_Replay(), "replay", "replays improving solutions in float32 PyTorch")
     model.optimize()
     status = model.getStatus()
     has_primal = model.getNSols() > 0
     primal = float(model.getPrimalbound()) if has_primal else math.inf
-    dual = float(model.getDualbound())
-    if status == "infeasible" and stop_early:
-        dual = max(dual if abs(dual) < 1e19 else -math.inf, objlimit - 1e-8)  # proven by the objective limit
-    elif status == "infeasible":
-        dual = math.inf
+    dual = max(float(model.getDualbound()), state["dual"])
     if abs(dual) >= 1e19:
         dual = math.copysign(math.inf, dual)
     if state["point"] is not None:
         return _ClassOutcome("counterexample", dual, primal, state["point"], f"class {j}: replayed")
-    if status == "infeasible" and not stop_early:
+    if status in ("infeasible", "inforunbd"):
+        # The box and the encoding are never empty in exact arithmetic: numerical trouble.
         return _ClassOutcome("unknown", dual, primal, None, f"class {j}: SCIP reports infeasible", "solver_infeasible")
-    if status in ("optimal", "infeasible", "timelimit", "userinterrupt", "gaplimit") and dual > margin_tol:
+    if status in ("optimal", "timelimit", "userinterrupt", "gaplimit") and dual > margin_tol:
         return _ClassOutcome("excluded", dual, primal, None, f"class {j}: dual bound {dual:.4g}")
     if primal < 0 and has_primal:
         sol = model.getBestSol()
@@ -531,14 +533,26 @@ def _solve_class(h, milp: _MILP, y: int, j: int, time_left: float, margin_tol: f
         state["dual"] = max(state["dual"], e.data_out.mip_dual_bound)
         if stop_early and (state["point"] is not None or e.data_out.mip_dual_bound > margin_tol):
             e.interrupt()
+        elif time.perf_counter() > deadline:
+            state["timed_out"] = True
+            e.interrupt()
 
+    def on_simplex(e) -> None:  # HiGHS checks its own time limit rarely inside large root LPs
+        if time.perf_counter() > deadline:
+            state["timed_out"] = True
+            e.interrupt()
+
+    deadline = time.perf_counter() + max(float(time_left), 1e-3)
+    state["timed_out"] = False
     h.cbMipImprovingSolution.subscribe(on_improving)
     h.cbMipInterrupt.subscribe(on_interrupt)
+    h.cbSimplexInterrupt.subscribe(on_simplex)
     try:
         h.run()
     finally:
         h.cbMipImprovingSolution.unsubscribe(on_improving)
         h.cbMipInterrupt.unsubscribe(on_interrupt)
+        h.cbSimplexInterrupt.unsubscribe(on_simplex)
     status = h.getModelStatus()
     info = h.getInfo()
     name = h.modelStatusToString(status)
@@ -566,7 +580,8 @@ def _solve_class(h, milp: _MILP, y: int, j: int, time_left: float, margin_tol: f
             return _ClassOutcome("counterexample", dual, primal, point, f"class {j}: replayed")
     if status not in finished:
         return _ClassOutcome("unknown", dual, primal, None, f"class {j}: HiGHS status {name}", "solver_status")
-    reason = _unknown_reason(status == highspy.HighsModelStatus.kTimeLimit, primal, has_primal, margin_tol)
+    reason = _unknown_reason(status == highspy.HighsModelStatus.kTimeLimit or state["timed_out"], primal,
+                             has_primal, margin_tol)
     return _ClassOutcome("unknown", dual, primal, None,
                          f"class {j}: {name}, dual bound {dual:.4g}, margin {primal:.3g}", reason)
 
@@ -574,29 +589,6 @@ def _solve_class(h, milp: _MILP, y: int, j: int, time_left: float, margin_tol: f
 # ---------------------------------------------------------------------------------------------------
 # The verifier
 # ---------------------------------------------------------------------------------------------------
-def _margin_loss(y: Tensor):
-    def loss(logits: Tensor) -> Tensor:
-        zy = logits.gather(1, y[:, None]).squeeze(1)
-        other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        return other - zy
-    return loss
-
-
-def _ascend_from(model: nn.Module, start: Tensor, x: Tensor, y: Tensor, threat: ThreatModel,
-                 steps: int, step: float | None = None) -> Tensor:
-    """Projected sign-gradient ascent on the margin loss from ``start``: the short pre-MILP attack
-    (step 2.5 eps / steps) and the push of a solver point that misses by float rounding into a
-    float32 counterexample (small steps); every result is replayed before it counts."""
-    step = threat.default_step_size(steps) if step is None else step
-    x_adv = start.clone()
-    loss_fn = _margin_loss(y)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        (g,) = torch.autograd.grad(loss_fn(model(x_adv)).sum(), x_adv)
-        x_adv = threat.project(x_adv.detach() + step * g.sign(), x)
-    return x_adv.detach()
-
-
 def verify_one(model: nn.Module, x: Tensor, y: int, eps: float, norm: str = "linf", time_limit: float = 60.0,
                counterexample: Tensor | None = None, bounds: str = "linear", attack_steps: int = 20,
                solver: str = "highs", margin_atol: float = MARGIN_ATOL, margin_rtol: float = MARGIN_RTOL,
@@ -634,7 +626,7 @@ def verify_one(model: nn.Module, x: Tensor, y: int, eps: float, norm: str = "lin
         threat = ThreatModel(norm, eps)
         start = threat.random_start(xb, gen)
         with torch.enable_grad():
-            x_adv = _ascend_from(model, start, xb, yb, threat, attack_steps)
+            x_adv = ascend(model, xb, lambda z: margin_loss(z, yb), threat, attack_steps, start=start)
         if bool(replays(model, x_adv, xb, yb, eps, norm)[0]):
             return result("falsified", x_adv[0], unstable, stable, "attack", f"PGD-{attack_steps} (margin loss)")
     if norm != "linf":
@@ -652,7 +644,8 @@ def verify_one(model: nn.Module, x: Tensor, y: int, eps: float, norm: str = "lin
         if bool(replays(model, p, xb, yb, eps, norm)[0]):
             return p[0]
         with torch.enable_grad():
-            p2 = _ascend_from(model, p, xb, yb, ThreatModel("linf", eps), 5, step=eps / 20)
+            p2 = ascend(model, xb, lambda z: margin_loss(z, yb), ThreatModel("linf", eps), 5, step_size=eps / 20,
+                        start=p)
         p2 = _snap_into_ball(p2.double().flatten().numpy(), x_flat, eps).unsqueeze(0)
         return p2[0] if bool(replays(model, p2, xb, yb, eps, norm)[0]) else None
 
@@ -806,8 +799,9 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf
     big-M constants. ``attack_steps``: PGD steps tried before the MILP (0 = none). ``solver``:
     ``"highs"`` or ``"scip"`` (the same encoding; options in ``HIGHS_OPTIONS`` / ``SCIP_PARAMS``).
     ``margin_atol``, ``margin_rtol``, ``margin_float32``: the numerical tolerance
-    (``bounds.margin_tolerance``) a proven margin must exceed. ``time_limit``: seconds per example, whole example. ``processes > 1``: forked
-    workers (``robustlib.parallel``), one torch thread each.
+    (``bounds.margin_tolerance``) a proven margin must exceed. ``time_limit``: seconds per example,
+    whole example. ``processes > 1``: forked workers (``robustlib.parallel.imap``), one torch thread
+    each.
     ``shard_dir``: results are saved there per block of ``shard_size`` examples as each block
     finishes, under a hash of the whole computation (``verify_key``); a later call with the same
     inputs loads the finished blocks instead of recomputing them (resume after a kill).
@@ -873,7 +867,7 @@ def solver_settings(solver: str) -> dict:
 
         return {"solver": "scip", "version": pyscipopt.__version__,
                 "scip_version": str(pyscipopt.Model().version()) if hasattr(pyscipopt.Model, "version") else "",
-                "options": dict(SCIP_PARAMS), "objlimit_slack": SCIP_OBJLIMIT_SLACK}
+                "options": dict(SCIP_PARAMS)}
     raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
 
 

@@ -59,11 +59,25 @@ def test_every_p_value_comes_from_params_or_the_stage(root):
             assert value.startswith("${") or value in {"params.yaml", "."}, (name, value)
 
 
-@pytest.mark.parametrize("nb", ["10_train.ipynb", "15_lpips.ipynb", "20_attack.ipynb", "30_verify.ipynb", "40_ablations.ipynb",
-                                "50_laplacian.ipynb", "90_report.ipynb"])
+@pytest.mark.parametrize("nb", ["10_train.ipynb", "15_lpips.ipynb", "20_attack.ipynb", "30_verify.ipynb",
+                                "40_ablations.ipynb", "50_laplacian.ipynb", "90_report.ipynb"])
 def test_source_notebooks_are_thin_and_clean(root, nb):
     cells = json.loads((root / "notebooks" / nb).read_text())["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
     assert not any(c.get("outputs") or c.get("execution_count") for c in code)
     assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in cells) == 1
     assert not any(re.search(r"^\s*(def|class) ", "".join(c["source"]), re.M) for c in code)
+
+
+def test_stages_never_import_each_other(root):
+    """Stages orchestrate; shared stage inputs live in robustlib.stages.common, logic in the library."""
+    import ast
+
+    for f in sorted((root / "robustlib" / "stages").glob("*.py")):
+        tree = ast.parse(f.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                  and n.module == "robustlib.stages" for a in n.names]
+        bad = [m for m in names if m.startswith("robustlib.stages.") and m != "robustlib.stages.common"]
+        assert not bad, (f.name, bad)

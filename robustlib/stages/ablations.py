@@ -5,38 +5,16 @@ regularization strength (gamma_H, gamma_S) with clean vs robust accuracy and tra
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from robustlib import paths
-from robustlib.io import read_json
 from robustlib.params import run_config
-from robustlib.reports import save_figure, sweep_figure, write_table
-from robustlib.robustness import load_results
-from robustlib.stages.common import StageEnv, setup
+from robustlib.reports import run_summary, save_figure, sweep_figure, write_table
+from robustlib.stages.common import input_dir, setup
 
 logger = logging.getLogger(__name__)
-
-
-def run_summary(out, run: str) -> dict[str, Any]:
-    """Clean and robust accuracy (%) of a run from its per-example attack results, with training minutes."""
-    table = load_results(paths.attack_results_path(out, run))
-    train = read_json(paths.train_metrics_path(out, run))
-    row = {"run": run, "n": len(table), "clean_%": 100 * table["clean_correct"].mean()}
-    for col, name in (("robust_pgd_linf", "pgd_linf_%"), ("robust_aa_linf", "aa_linf_%"),
-                      ("worst_linf", "worst_linf_%"), ("robust_aa_l2", "aa_l2_%")):
-        if col in table:
-            row[name] = 100 * table[col].mean()
-    row["train_minutes"] = train["train_minutes"]
-    return row
-
-
-def input_dir(env: StageEnv, input_root: str | None) -> Path:
-    """Where a cross-run stage reads the per-run stages' outputs: ``input_root`` (relative to the
-    project root), or the output root itself (as under DVC)."""
-    return env.out if input_root is None else (env.root / input_root).resolve()
 
 
 def run(params_file: str = "params.yaml", output_root: str = ".", input_root: str | None = None) -> dict[str, Any]:

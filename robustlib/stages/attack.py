@@ -13,29 +13,20 @@ import time
 from functools import partial
 from typing import Any
 
-import pandas as pd
 import torch
 
 from robustlib import checks, paths
 from robustlib.attacks import autoattack, fgsm, pgd, transfer
 from robustlib.attacks.perceptual import NEEDS_LPIPS, PERCEPTUAL_ATTACKS
-from robustlib.data import Split, dataset_info, load_split
+from robustlib.data import dataset_info
 from robustlib.io import load_model, read_json, write_json
 from robustlib.parallel import Background
 from robustlib.params import all_runs
-from robustlib.robustness import evaluate_attacks, robustness_curve, save_results
-from robustlib.stages.common import StageEnv, setup
+from robustlib.robustness import evaluate_attacks, robustness_curves, save_results
+from robustlib.stages.common import StageEnv, setup, test_examples
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
-
-
-def test_examples(env: StageEnv, run: str, n: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """The first ``n`` test examples of the run's saved split (the same indices in every stage)."""
-    split = Split.load(paths.split_path(env.out, run))
-    idx = split.test[:n]
-    test = load_split(split.dataset, train=False, root=env.data_root)
-    return test.images(idx), test.labels(idx), idx
 
 
 def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
@@ -89,8 +80,9 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
 
     processes = int(ap["processes"]) if x.device.type == "cpu" else 1
     n_curve = int(ap["curve_n"])
-    curves = Background(_curves, model, x[:n_curve], y[:n_curve], {n: ap[f"curve_{n}_eps"] for n in ("linf", "l2")},
-                        steps, restarts, seed, bs, enabled=processes > 1)  # alongside the attacks
+    grids = {n: ap[f"curve_{n}_eps"] for n in ("linf", "l2")}
+    curves = Background(robustness_curves, model, x[:n_curve], y[:n_curve], grids, steps, restarts, seed, bs,
+                        enabled=processes > 1)  # alongside the attacks
     table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, batch_size=bs, seed=seed,
                              processes=processes)
     for threat_name in dict.fromkeys(group.values()):  # worst case per threat model, over its attacks
@@ -111,7 +103,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     seconds["curves_after_attacks"] = round(time.perf_counter() - t_curve, 2)  # run alongside when processes > 1
     t_sanity = time.perf_counter()
     xs, ys, _ = test_examples(env, run, int(ap["sanity"]["n"]))  # may exceed n_test: the budget check's
-    sanity = run_sanity_checks(model, xs.to(env.device), ys.to(env.device), curve, table, run, env.params,
+    sanity = checks.evaluation_sanity_checks(model, xs.to(env.device), ys.to(env.device), curve, table, run, env.params,
                                info.num_classes, seed)  # 0.5-point tolerance needs >= 200 examples
     if run == ap["sanity"].get("undefended_run"):  # positive controls of the perceptual attacks
         sanity["perceptual_controls"] = checks.check_positive_controls(
@@ -153,45 +145,6 @@ def _lpips_network(env: StageEnv):
     return load_model(path).to(env.device), {k: info[k] for k in ("model", "sha256", "test_acc", "epochs")}
 
 
-def _curves(model, x, y, eps_grids: dict, steps: int, restarts: int, seed: int, batch_size: int) -> pd.DataFrame:
-    """Robust accuracy vs eps (PGD and FGSM) for each norm's grid, as one tidy table."""
-    return pd.concat([robustness_curve(model, x, y, norm, grid, steps=steps, restarts=restarts, seed=seed,
-                                       batch_size=batch_size) for norm, grid in eps_grids.items()], ignore_index=True)
-
-
 def _transfer_attack(source, model, x, y, eps, steps, restarts, seed, batch_size):
     return transfer(source, model, x, y, eps=eps, norm="linf", steps=steps, restarts=restarts,
                     generator=torch.Generator(device=x.device).manual_seed(seed), batch_size=batch_size)
-
-
-def run_sanity_checks(model, xs, ys, curve: pd.DataFrame, table: pd.DataFrame, run: str, params: dict,
-                      num_classes: int, seed: int) -> dict[str, Any]:
-    """Carlini et al. (2019) checks on this run (attacks re-run on the examples ``xs``, ``ys``; the
-    curve and table checks on the stage's results); any failure raises ``checks.SanityCheckError``."""
-    ap, sp = params["attack"], params["attack"]["sanity"]
-    steps, restarts = int(ap["pgd_steps"]), int(ap["pgd_restarts"])
-    out: dict[str, Any] = {}
-    pgd_curve = curve[curve["attack"].isin(["pgd", "fgsm"])]
-    out["monotone_in_eps"] = checks.check_monotone_in_eps(pgd_curve[pgd_curve["attack"] == "pgd"])
-    for norm in ("linf", "l2"):
-        c = curve[curve["norm"] == norm]
-        for eps, grp in c.groupby("eps"):
-            accs = dict(zip(grp["attack"], grp["robust_acc"], strict=False))
-            if "pgd" in accs and "fgsm" in accs and accs["pgd"] > accs["fgsm"] + 1e-9:
-                raise checks.SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy {accs['pgd']:.4f} exceeds "
-                                              f"FGSM's {accs['fgsm']:.4f} at {norm} eps={eps}")
-        out[f"large_eps_{norm}"] = checks.check_large_eps(pgd, model, xs, ys, norm, float(sp["large_eps"][norm]),
-                                                          num_classes, steps=steps, restarts=1)
-    out["budget_linf"] = checks.check_budget_converged(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
-                                                       steps, restarts, tol=float(sp["budget_tol"]), seed=seed)
-    robust_cols = [c for c in table if c.startswith("robust_") or c.startswith("worst_")]
-    out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table["robust_pgd_linf"].mean()),
-                                 "fgsm_linf": float(table["robust_fgsm_linf"].mean())}
-    if out["pgd_vs_fgsm_points"]["pgd_linf"] > out["pgd_vs_fgsm_points"]["fgsm_linf"]:
-        raise checks.SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy exceeds FGSM's at the standard eps")
-    if run == sp.get("undefended_run"):
-        out["undefended"] = checks.check_undefended(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
-                                                    max_acc=float(sp["undefended_max_acc"]), steps=steps,
-                                                    restarts=restarts)
-    out["columns"] = robust_cols
-    return out

@@ -1,4 +1,5 @@
-"""What every stage does first: resolve paths, read and validate params, fix threads and device."""
+"""What every stage does first (resolve paths, read and validate params, fix threads and device), and
+the inputs several stages share (the run's test examples, the cross-run stages' input folder)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,23 @@ class StageEnv:
         from robustlib.data import data_root
 
         return data_root(self.root / self.params["base"]["data_root"])
+
+
+def input_dir(env: StageEnv, input_root: str | None) -> Path:
+    """Where a cross-run stage reads the per-run stages' outputs: ``input_root`` (relative to the
+    project root), or the output root itself (as under DVC)."""
+    return env.out if input_root is None else (env.root / input_root).resolve()
+
+
+def test_examples(env: StageEnv, run: str, n: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The first ``n`` test examples of the run's saved split (the same indices in every stage)."""
+    from robustlib import paths
+    from robustlib.data import Split, load_split
+
+    split = Split.load(paths.split_path(env.out, run))
+    idx = split.test[:n]
+    test = load_split(split.dataset, train=False, root=env.data_root)
+    return test.images(idx), test.labels(idx), idx
 
 
 def setup(params_file: str, output_root: str) -> StageEnv:

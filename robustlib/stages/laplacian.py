@@ -13,9 +13,8 @@ from robustlib import paths
 from robustlib.data import Split, load_split
 from robustlib.io import write_json
 from robustlib.neighbours import nearest_other_distances, sample_indices, summarize
-from robustlib.reports import neighbour_histogram, save_figure, write_table
-from robustlib.stages.ablations import input_dir, run_summary
-from robustlib.stages.common import setup
+from robustlib.reports import neighbour_histogram, run_summary, save_figure, write_table
+from robustlib.stages.common import input_dir, setup
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)

@@ -54,7 +54,8 @@ def run(params_file: str = "params.yaml", output_root: str = ".", progress: bool
     out = paths.lpips_model_path(env.out)
     save_model(model.cpu(), out, extra={"config": asdict(cfg)})
     paths.lpips_resume_path(env.out).unlink(missing_ok=True)
-    metrics = {"model": cfg.model, "model_kwargs": {k: v for k, v in cfg.model_kwargs.items() if k not in ("mean", "std")},
+    shape = {k: v for k, v in cfg.model_kwargs.items() if k not in ("mean", "std")}
+    metrics = {"model": cfg.model, "model_kwargs": shape,
                "epochs": cfg.epochs, "test_acc": test_acc, "val_acc": result.history[-1].get("val_acc"),
                "sha256": file_sha256(out), "train_minutes": round(result.train_seconds / 60, 3),
                "minutes": round((time.perf_counter() - t0) / 60, 3)}

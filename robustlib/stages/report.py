@@ -26,8 +26,7 @@ from robustlib.reports import (
     verification_table,
     write_table,
 )
-from robustlib.stages.ablations import input_dir
-from robustlib.stages.common import setup
+from robustlib.stages.common import input_dir, setup
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,7 @@ from robustlib.io import atomic_write, load_model, write_json
 from robustlib.parallel import Background
 from robustlib.params import all_runs, run_config
 from robustlib.robustness import evaluate_attacks, load_results
-from robustlib.stages.attack import test_examples
-from robustlib.stages.common import setup
+from robustlib.stages.common import setup, test_examples
 from robustlib.threat import ThreatModel
 from robustlib.verify import solver_settings, summarize, verify
 
@@ -146,7 +145,7 @@ def _autoattack_robust(model, x, y, idx, eps: float, ap: dict, attack_table: pd.
     succeed), in one forked worker with one torch thread (several threads on a busy small machine made
     it 6x slower). Returns the flags, their source, the seconds spent and the examples attacked."""
     if abs(eps - float(ap["linf_eps"])) < 1e-12 and set(idx) <= set(attack_table.index):
-        ok = torch.from_numpy(attack_table.loc[list(idx), "robust_aa_linf"].to_numpy(dtype=bool))
+        ok = torch.tensor(attack_table.loc[list(idx), "robust_aa_linf"].to_numpy(dtype=bool))
         return pgd_ok & ok, "attack stage", 0.0, 0
     todo = (pgd_ok & ~verified).nonzero().flatten()
     ok = pgd_ok.clone()
@@ -158,7 +157,7 @@ def _autoattack_robust(model, x, y, idx, eps: float, ap: dict, attack_table: pd.
     table = Background(evaluate_attacks, model, x[todo], y[todo], {"aa_linf": aa}, index=[idx[i] for i in todo],
                        threats={"aa_linf": ThreatModel("linf", eps)}, batch_size=int(ap["batch_size"]),
                        seed=seed).result()
-    ok[todo] = torch.from_numpy(table["robust_aa_linf"].to_numpy(dtype=bool))
+    ok[todo] = torch.tensor(table["robust_aa_linf"].to_numpy(dtype=bool))
     return ok, "verify stage", round(time.perf_counter() - t0, 2), len(todo)
 
 

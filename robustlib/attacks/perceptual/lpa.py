@@ -36,8 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, \
-    margin_loss
+from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, margin_loss
 
 
 def lpips_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -200,6 +199,13 @@ def _features_jvp(net: nn.Module, xa: torch.Tensor, phi: torch.Tensor, p: torch.
         return (lpips_features(net, xa + h * p) - phi) / h
 
 
+def _gauss_newton_product(net: nn.Module, xa: torch.Tensor, xr: torch.Tensor, phi_r: torch.Tensor, phi0: torch.Tensor,
+                          p: torch.Tensor, h: float) -> torch.Tensor:
+    """``J^T J p`` with ``J p`` by a finite difference and ``J^T`` by autograd through ``phi_r = phi(xr)``."""
+    jp = _features_jvp(net, xa, phi0, p, h)
+    return torch.autograd.grad(phi_r, xr, grad_outputs=jp, retain_graph=True)[0]
+
+
 def ppgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lpips_net: nn.Module | None = None, eps: float = 0.5,
          steps: int = 40, cg_iterations: int = 5, h: float = 1e-3, kappa: float = 1.0,
          generator: torch.Generator | None = None) -> torch.Tensor:
@@ -222,17 +228,13 @@ def ppgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lpips_net: nn.Modul
                 phi_r = lpips_features(lpips_net, xr)
             phi0 = phi_r.detach()
 
-            def jtj(p: torch.Tensor) -> torch.Tensor:  # J^T J p by a finite-difference J p
-                jp = _features_jvp(lpips_net, xa, phi0, p, h)
-                return torch.autograd.grad(phi_r, xr, grad_outputs=jp, retain_graph=True)[0]
-
             # conjugate gradients on (J^T J) v = grad, per example, from v = 0
             v = torch.zeros_like(grad)
             r = grad.clone()
             p = r.clone()
             rr = r.flatten(1).pow(2).sum(1)
             for it in range(cg_iterations):
-                ap = jtj(p)
+                ap = _gauss_newton_product(lpips_net, xa, xr, phi_r, phi0, p, h)
                 alpha = rr / (p * ap).flatten(1).sum(1).clamp_min(1e-20)
                 v = v + alpha.view(view) * p
                 r = r - alpha.view(view) * ap

@@ -24,8 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, \
-    margin_loss
+from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, margin_loss
 from robustlib.attacks.perceptual.optimize import AdamStep, ascend_params
 
 RESOLUTION = (16, 32, 32)

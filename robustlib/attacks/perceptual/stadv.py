@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, \
-    margin_loss
+from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, margin_loss
 from robustlib.attacks.perceptual.optimize import AdamStep, ascend_params
 
 
