@@ -83,7 +83,7 @@ def test_bad_names_and_shapes():
         build_model("mlp", num_classes=1)
     with pytest.raises(ValueError, match="std"):
         build_model("mlp", std=(0.0,))
-    assert set(MODELS) == {"mlp", "smallcnn", "cwcnn", "preactresnet18"}
+    assert set(MODELS) == {"mlp", "smallcnn", "cwcnn", "preactresnet18", "alexnet_cifar"}
 
 
 def test_spectral_norm_option_bounds_each_layer():
