@@ -106,7 +106,8 @@ def robustness_curves_figure(curves: Mapping[str, pd.DataFrame]) -> Figure:
     palette = dict(zip(sorted(curves), sns.color_palette("tab20", len(curves)), strict=True))
     for ax, norm in zip(axes[0], norms, strict=True):
         d = tidy[tidy["norm"] == norm]
-        sns.lineplot(data=d[d["attack"] == "pgd"], x="eps", y="robust_acc", hue="run", palette=palette, marker="o",
+        line = "pgd_nested" if "pgd_nested" in set(d["attack"]) else "pgd"  # PGD worst case over nested balls
+        sns.lineplot(data=d[d["attack"] == line], x="eps", y="robust_acc", hue="run", palette=palette, marker="o",
                      ax=ax, legend=ax is axes[0][-1])
         aa = d[d["attack"] == "autoattack"]
         ax.scatter(aa["eps"], aa["robust_acc"], c=[palette[r] for r in aa["run"]], marker="x", s=70, zorder=5,
@@ -195,6 +196,7 @@ def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.Data
         row["train_minutes"] = minutes.get(m["run"])
         aa = m.get("autoattack", {})
         row["AA_square_flag"] = ",".join(n for n in ("linf", "l2") if aa.get(n, {}).get("square_stronger")) or "-"
+        row["PGD_nonmonotone"] = "yes" if m.get("sanity", {}).get("pgd_nonmonotone") else "-"
         rows.append(row)
     return pd.DataFrame(rows).round(2).sort_values("run").reset_index(drop=True)
 

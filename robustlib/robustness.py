@@ -143,11 +143,16 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
                      seed: int = 0, aa_version: str = "standard", batch_size: int = 1000) -> pd.DataFrame:
     """Robust accuracy against eps: PGD (``steps`` x ``restarts``, step 2.5 eps / steps), optionally FGSM
     and AutoAttack, as a tidy table with columns norm, eps, attack, robust_acc (attack is ``pgd``,
-    ``fgsm`` or ``autoattack``). Every point is checked to lie in its ball."""
-    eps_grid = [float(e) for e in eps_grid]
+    ``fgsm``, ``autoattack`` or ``pgd_nested``). Every point is checked to lie in its ball.
+    ``pgd_nested`` is the per-example worst case of PGD over every eps' <= eps of the grid (a point of a
+    smaller ball lies in the larger one): the strongest PGD number at each eps, non-increasing by
+    construction. ``pgd`` is PGD at that eps alone; where it rises with eps the attack lost strength at
+    the larger radius (gradient masking), which the attack stage records as a flag."""
+    eps_grid = sorted(float(e) for e in eps_grid)
     for e in eps_grid:
         ThreatModel(norm, e)  # validates norm and eps before any compute
     rows = []
+    broken = torch.zeros(x.shape[0], dtype=torch.bool)  # broken by PGD at some eps' <= eps (the balls are nested)
     for eps in tqdm(eps_grid, desc=f"{norm} curve", leave=False):
         threat = ThreatModel(norm, eps)
         attacks: dict[str, Attack] = {
@@ -161,6 +166,9 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
         for name in attacks:
             rows.append({"norm": norm, "eps": eps, "attack": name,
                          "robust_acc": float(table[f"robust_{name}"].mean())})
+        robust = torch.as_tensor(table["robust_pgd"].to_numpy(dtype=bool))
+        broken |= ~robust
+        rows.append({"norm": norm, "eps": eps, "attack": "pgd_nested", "robust_acc": float((~broken).float().mean())})
     return pd.DataFrame(rows, columns=["norm", "eps", "attack", "robust_acc"])
 
 

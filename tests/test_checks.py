@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -221,8 +222,23 @@ def test_robustness_curve_is_tidy(net):
     model, x, y = net
     curve = robustness_curve(model, x, y, "l2", [0.0, 1.0, 2.0], steps=5, restarts=1)
     assert list(curve.columns) == ["norm", "eps", "attack", "robust_acc"]
-    assert set(curve["attack"]) == {"pgd", "fgsm"} and (curve["norm"] == "l2").all()
+    assert set(curve["attack"]) == {"pgd", "fgsm", "pgd_nested"} and (curve["norm"] == "l2").all()
     pgd_rows = curve[curve.attack == "pgd"].sort_values("eps")["robust_acc"].to_numpy()
+    nested = curve[curve.attack == "pgd_nested"].sort_values("eps")["robust_acc"].to_numpy()
     assert pgd_rows[0] > pgd_rows[-1]
+    # the nested curve is PGD's per-example worst case over the smaller balls: never above PGD, non-increasing
+    assert (nested <= pgd_rows + 1e-6).all() and (np.diff(nested) <= 0).all() and abs(nested[0] - pgd_rows[0]) < 1e-6
+
+
+def test_nested_curve_keeps_points_broken_at_a_smaller_eps(net):
+    """An attack that only works at small eps (a masked gradient at large eps): the plain PGD curve rises, the
+    nested one does not, and the attack stage's checks record the rise as a flag instead of failing."""
+    model, x, y = net
+    grid = [0.0, 0.1, 0.3]
+    weak = robustness_curve(model, x, y, "linf", grid, steps=5, restarts=1)
+    weak.loc[(weak.attack == "pgd") & (weak.eps == 0.3), "robust_acc"] = 1.0  # plant a rise
+    with pytest.raises(checks.SanityCheckError, match="rises"):
+        checks.check_monotone_in_eps(weak[weak.attack == "pgd"])
+    checks.check_monotone_in_eps(weak[weak.attack == "pgd_nested"])
     with pytest.raises(ValueError, match="eps"):
         robustness_curve(model, x, y, "linf", [0.1, -1.0])

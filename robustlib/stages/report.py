@@ -121,7 +121,11 @@ def _report_markdown(params: dict, out: Path, inp: Path) -> str:
                       "JPEG = JPEG-L-inf, NPTM = worst of LPA and PPGD (those run) under ONE fixed LPIPS network, "
                       f"{_lpips_note(inp)}; each keeps its best iterate per example (the reference returns the last), "
                       "and every point is checked to lie in its threat model's set. n/a: the attack needs colour "
-                      "images. AA_square_flag: threat models where "
+                      "images. PGD_nonmonotone: PGD alone lost strength at a larger eps (robust accuracy rose with "
+                      "eps, "
+                      "a sign of gradient masking); the curves show PGD's worst case over the nested balls. "
+                      "AA_square_flag: "
+                      "threat models where "
                       "AutoAttack's gradient-free Square broke examples APGD and FAB missed; survivors were "
                       f"re-attacked by Square with {ap['square_escalation']}x queries and restarts "
                       "(0: not re-attacked, AutoAttack standard as published).")
