@@ -208,11 +208,11 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
             accs = dict(zip(grp["attack"], grp["robust_acc"], strict=False))
             if "pgd" in accs and "fgsm" in accs and accs["pgd"] > accs["fgsm"] + 1e-9:
                 raise SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy {accs['pgd']:.4f} exceeds "
-                                              f"FGSM's {accs['fgsm']:.4f} at {norm} eps={eps}")
+                                       f"FGSM's {accs['fgsm']:.4f} at {norm} eps={eps}")
         out[f"large_eps_{norm}"] = check_large_eps(pgd, model, xs, ys, norm, float(sp["large_eps"][norm]),
-                                                          num_classes, steps=steps, restarts=1)
+                                                   num_classes, steps=steps, restarts=1)
     out["budget_linf"] = check_budget_converged(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
-                                                       steps, restarts, tol=float(sp["budget_tol"]), seed=seed)
+                                                steps, restarts, tol=float(sp["budget_tol"]), seed=seed)
     robust_cols = [c for c in table if c.startswith("robust_") or c.startswith("worst_")]
     out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table["robust_pgd_linf"].mean()),
                                  "fgsm_linf": float(table["robust_fgsm_linf"].mean())}
@@ -220,7 +220,7 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
         raise SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy exceeds FGSM's at the standard eps")
     if run == sp.get("undefended_run"):
         out["undefended"] = check_undefended(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
-                                                    max_acc=float(sp["undefended_max_acc"]), steps=steps,
-                                                    restarts=restarts)
+                                             max_acc=float(sp["undefended_max_acc"]), steps=steps,
+                                             restarts=restarts)
     out["columns"] = robust_cols
     return out
