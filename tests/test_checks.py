@@ -131,6 +131,16 @@ def test_budget_check(net):
     checks.check_budget_converged(real, model, x, y, STD, steps=10, restarts=1)
     with pytest.raises(SanityCheckError, match="not converged"):
         checks.check_budget_converged(tiny_step, model, x[:32], y[:32], STD, steps=5, restarts=1)
+    # Non-convergence with a reported worst case: a flag when every example the doubled budget breaks
+    # is already broken in the report, a failure when the report kept one of them.
+    out = checks.check_budget_converged(tiny_step, model, x[:32], y[:32], STD, steps=5, restarts=1,
+                                        reported=torch.zeros(16, dtype=torch.bool))
+    assert out["unconverged"] and "not converged" in out["unconverged"]
+    with pytest.raises(SanityCheckError, match="overstated"):
+        checks.check_budget_converged(tiny_step, model, x[:32], y[:32], STD, steps=5, restarts=1,
+                                      reported=torch.ones(16, dtype=torch.bool))
+    assert checks.check_budget_converged(real, model, x, y, STD, steps=10, restarts=1,
+                                         reported=torch.ones(8, dtype=torch.bool))["unconverged"] is None
 
 
 def test_pgd_vs_fgsm_check(net):

@@ -102,9 +102,10 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
 
     seconds["curves_after_attacks"] = round(time.perf_counter() - t_curve, 2)  # run alongside when processes > 1
     t_sanity = time.perf_counter()
-    xs, ys, _ = test_examples(env, run, int(ap["sanity"]["n"]))  # may exceed n_test: the budget check's
-    sanity = checks.evaluation_sanity_checks(model, xs.to(env.device), ys.to(env.device), curve, table, run, env.params,
-                               info.num_classes, seed)  # 0.5-point tolerance needs >= 200 examples
+    xs, ys, sidx = test_examples(env, run, int(ap["sanity"]["n"]))  # may exceed n_test: the budget check's
+    sanity = checks.evaluation_sanity_checks(model, xs.to(env.device), ys.to(env.device), curve, table, run,
+                                             env.params, info.num_classes, seed,
+                                             index=sidx)  # 0.5-point tolerance needs >= 200 examples
     if run == ap["sanity"].get("undefended_run"):  # positive controls of the perceptual attacks
         sanity["perceptual_controls"] = checks.check_positive_controls(
             table, ap["sanity"].get("perceptual_max_acc") or {}, run)
