@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
+from robustlib import results
 from robustlib.attacks import autoattack, pgd
 from robustlib.data import load_split
 from robustlib.io import load_model, write_json
 from robustlib.parallel import Background
 from robustlib.robustness import evaluate_attacks
 from robustlib.robustness import robustness_curves as stage_curves  # the attack stage's own curve computation
+from robustlib.threat import ThreatModel
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -50,8 +52,8 @@ def iteration_speed(model, x, y, eps: float, steps: int, repeats: int = 3) -> di
 
     def run_ours():
         executed.clear()
-        return pgd(model, x, y, eps, "linf", steps=steps, generator=g,
-                   trace=lambda r, t, idx, xa, loss: executed.append(len(idx) if t < steps else 0))
+        return pgd(model, x, y, ThreatModel("linf", eps), steps=steps, generator=g,
+                   trace=lambda r, t, idx, xa, loss: executed.append(len(idx) if t < steps else 0)).points
 
     ta = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
     apgd = APGDAttack(model, n_restarts=1, n_iter=steps, eps=eps, norm="Linf", seed=0, device="cpu", loss="ce")
@@ -110,14 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     timings, curves = {}, []
     if not args.skip_autoattack:
         eps_aa = {"linf": 0.3, "l2": 2.0}
-        aa = {f"autoattack_{norm}": partial(autoattack, eps=eps, norm=norm) for norm, eps in eps_aa.items()}
+        aa = {f"autoattack_{norm}": partial(autoattack, threat=ThreatModel(norm, eps)) for norm, eps in eps_aa.items()}
         table = evaluate_attacks(model, x, y, aa, processes=args.processes)
         for name in aa:
             timings[name] = table.attrs["seconds"][name]
             norm = name.removeprefix("autoattack_")
             eps = eps_aa[norm]
             curves.append({"norm": norm, "eps": eps, "attack": "autoattack",
-                           "robust_acc": float(table[f"robust_{name}"].mean())})
+                           "robust_acc": float(table[results.robust(name)].mean())})
             print(f"AutoAttack {norm} eps={eps}: {timings[name]:.1f} s, robust acc {curves[-1]['robust_acc']:.4f}",
                   flush=True)
     t0 = time.perf_counter()

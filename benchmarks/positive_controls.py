@@ -28,7 +28,7 @@ import yaml
 from robustlib.io import write_json
 from robustlib.params import load as load_params
 from robustlib.params import project_root
-from robustlib.robustness import load_results
+from robustlib.results import load_results, robust
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     lm = read_json(paths.lpips_metrics_path(root / out)) if done else lpips.run(str(pfile), str(out), progress=False)
     am = attack.run("standard", str(pfile), str(out))
     table = load_results(paths.attack_results_path(root / out, "standard"))
-    controls = {a: {"acc": float(table[f"robust_{a}"].mean()), "max_acc": float(m)} for a, m in limits.items()
-                if f"robust_{a}" in table}
+    controls = {a: {"acc": float(table[robust(a)].mean()), "max_acc": float(m)} for a, m in limits.items()
+                if robust(a) in table}
     failed = sorted(a for a, c in controls.items() if c["acc"] > c["max_acc"])
     result = {
         "setting": {"dataset": "cifar10", "model": "smallcnn", "train_epochs": args.epochs,
