@@ -217,7 +217,10 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
     stage's results); any failure raises ``SanityCheckError``. PGD that has not converged at the
     standard eps (doubling its budget breaks more examples) fails only where the reported L-inf worst
     case (FGSM, PGD, AutoAttack, transfer) missed an example; otherwise it is recorded as
-    ``budget_linf.unconverged`` (Table 1's PGD_unconverged)."""
+    ``budget_linf.unconverged`` (Table 1's PGD_unconverged). PGD weaker than FGSM (on the curves or at
+    the standard eps) is gradient masking, not a broken PGD (tested against torchattacks' iterates): it
+    is recorded as ``pgd_weaker_than_fgsm`` (Table 1's PGD_below_FGSM); the reported L-inf worst case
+    takes FGSM per example."""
     from robustlib.attacks.gradient import pgd
 
     ap, sp = params["attack"], params["attack"]["sanity"]
@@ -229,13 +232,13 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
     except SanityCheckError as err:
         logger.warning("%s: %s; the curve reports pgd_nested (worst case over nested balls)", run, err.message)
         out["pgd_nonmonotone"] = err.message
+    weaker = []  # PGD weaker than FGSM somewhere: gradient masking (the PGD code itself is tested against torchattacks)
     for norm in ("linf", "l2"):
         c = curve[(curve["norm"] == norm) & curve["attack"].isin(["pgd", "fgsm"])]
         for eps, grp in c.groupby("eps"):
             accs = dict(zip(grp["attack"], grp["robust_acc"], strict=False))
             if "pgd" in accs and "fgsm" in accs and accs["pgd"] > accs["fgsm"] + 1e-9:
-                raise SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy {accs['pgd']:.4f} exceeds "
-                                       f"FGSM's {accs['fgsm']:.4f} at {norm} eps={eps}")
+                weaker.append(f"{norm} eps={eps:g}: PGD {accs['pgd']:.4f} > FGSM {accs['fgsm']:.4f} (curve)")
         out[f"large_eps_{norm}"] = check_large_eps(pgd, model, xs, ys, ThreatModel(norm, float(sp["large_eps"][norm])),
                                                    num_classes, steps=steps, restarts=1)
     reported = results.flags(table, results.worst("linf"))
@@ -247,7 +250,11 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
     out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table[results.robust("pgd_linf")].mean()),
                                  "fgsm_linf": float(table[results.robust("fgsm_linf")].mean())}
     if out["pgd_vs_fgsm_points"]["pgd_linf"] > out["pgd_vs_fgsm_points"]["fgsm_linf"]:
-        raise SanityCheckError("pgd_vs_fgsm", f"{run}: PGD robust accuracy exceeds FGSM's at the standard eps")
+        weaker.append(f"linf eps={float(ap['linf_eps']):g}: PGD {out['pgd_vs_fgsm_points']['pgd_linf']:.4f} > "
+                      f"FGSM {out['pgd_vs_fgsm_points']['fgsm_linf']:.4f} (attacked examples)")
+    out["pgd_weaker_than_fgsm"] = weaker or None  # reported linf_worst includes FGSM per example
+    for msg in weaker:
+        logger.warning("%s: PGD weaker than FGSM at %s: a sign of gradient masking", run, msg)
     if run == sp.get("undefended_run"):
         out["undefended"] = check_undefended(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
                                              max_acc=float(sp["undefended_max_acc"]), steps=steps,

@@ -198,6 +198,7 @@ def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.Data
         row["AA_square_flag"] = ",".join(n for n in ("linf", "l2") if aa.get(n, {}).get("square_stronger")) or "-"
         row["PGD_nonmonotone"] = "yes" if m.get("sanity", {}).get("pgd_nonmonotone") else "-"
         row["PGD_unconverged"] = "yes" if m.get("sanity", {}).get("budget_linf", {}).get("unconverged") else "-"
+        row["PGD_below_FGSM"] = "yes" if m.get("sanity", {}).get("pgd_weaker_than_fgsm") else "-"
         rows.append(row)
     return pd.DataFrame(rows).round(2).sort_values("run").reset_index(drop=True)
 

@@ -127,6 +127,8 @@ def _report_markdown(params: dict, out: Path, inp: Path) -> str:
                       "PGD_unconverged: doubling PGD's steps or restarts moved its robust accuracy by more than "
                       f"{100 * float(ap['sanity']['budget_tol']):g} points on {ap['sanity']['n']} examples, "
                       "but every example it then broke is broken in linf_worst (the stage fails otherwise). "
+                      "PGD_below_FGSM: PGD broke fewer examples than FGSM at some eps (curves or the standard eps), "
+                      "another sign of gradient masking; linf_worst takes FGSM per example. "
                       "AA_square_flag: "
                       "threat models where "
                       "AutoAttack's gradient-free Square broke examples APGD and FAB missed; survivors were "
