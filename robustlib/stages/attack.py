@@ -18,10 +18,10 @@ import torch
 from robustlib import checks, paths, results
 from robustlib.attacks import autoattack, fgsm, pgd, transfer
 from robustlib.attacks.perceptual import NEEDS_LPIPS, PERCEPTUAL_ATTACKS, THREAT_OF
-from robustlib.data import dataset_info
+from robustlib.data import Split, dataset_info
 from robustlib.io import load_model, read_json, write_json
 from robustlib.parallel import Background
-from robustlib.params import all_runs
+from robustlib.params import all_runs, has_run
 from robustlib.robustness import evaluate_attacks, robustness_curves
 from robustlib.stages.common import StageEnv, setup, test_examples
 from robustlib.threat import ThreatModel
@@ -31,16 +31,16 @@ logger = logging.getLogger(__name__)
 
 def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
     """Attack named run ``run``; write per-example results, curves and metrics; return the metrics."""
-    env = setup(params_file, output_root)
+    env = setup(params_file, output_root, f"attack@{run}")
     ap = env.params["attack"]
-    if run not in all_runs(env.params):
+    if not has_run(env.params, run):
         raise ValueError(f"unknown run {run!r}; runs: {all_runs(env.params)}")
     t_start = time.perf_counter()
     model = load_model(paths.model_path(env.out, run)).to(env.device)
     x, y, idx = test_examples(env, run, int(ap["n_test"]))
     x, y = x.to(env.device), y.to(env.device)
     seed = int(env.params["base"]["seed"])
-    info = dataset_info(env.params["data"]["dataset"])
+    info = dataset_info(Split.load(paths.split_path(env.out, run)).dataset)
     linf, l2 = ThreatModel("linf", float(ap["linf_eps"])), ThreatModel("l2", float(ap["l2_eps"]))
     steps, restarts, bs = int(ap["pgd_steps"]), int(ap["pgd_restarts"]), int(ap["batch_size"])
     aa = partial(autoattack, version=ap["autoattack_version"], seed=seed, batch_size=bs,

@@ -36,7 +36,7 @@ from robustlib.bounds import ibp_certified, lipschitz_certified_radius, lipschit
 from robustlib.checks import SanityCheckError
 from robustlib.io import atomic_write, load_model, write_json
 from robustlib.parallel import Background
-from robustlib.params import all_runs, run_config
+from robustlib.params import all_runs, has_run
 from robustlib.results import INDEX, flags, load_results, robust, worst
 from robustlib.robustness import evaluate_attacks
 from robustlib.stages.common import setup, test_examples
@@ -51,9 +51,9 @@ COLUMNS = ["index", "eps", "verdict", "method", "reason", "seconds", "margin", "
 
 def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
     """Certify / verify named run ``run``; write per-example verdicts and metrics; return the metrics."""
-    env = setup(params_file, output_root)
+    env = setup(params_file, output_root, f"verify@{run}")
     vp, ap = env.params["verify"], env.params["attack"]
-    if run not in all_runs(env.params):
+    if not has_run(env.params, run):
         raise ValueError(f"unknown run {run!r}; runs: {all_runs(env.params)}")
     t0 = time.perf_counter()
     model = load_model(paths.model_path(env.out, run))
@@ -103,7 +103,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
                              "detail": r.detail})
             _check_consistency(run, eps, results, idx, clean, pgd_ok, aa_ok, attack_table, float(ap["linf_eps"]))
         metrics["eps"][str(eps)] = entry
-    if run_config(env.params, run).spectral_norm:
+    if model.arch.get("spectral_norm"):  # the checkpoint's architecture record (robustlib.models.build_model)
         L = lipschitz_upper_bound(model, "l2")
         with torch.no_grad():
             radius = lipschitz_certified_radius(model(x), y, L)
