@@ -244,7 +244,8 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
     reported = results.flags(table, results.worst("linf"))
     if index is not None and list(table[results.INDEX]) != [int(i) for i in index[:len(table)]]:
         raise ValueError("the sanity examples must start with the attacked examples (the same split prefix)")
-    out["budget_linf"] = check_budget_converged(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
+    standard = ThreatModel("linf", float(ap["linf_eps"]))
+    out["budget_linf"] = check_budget_converged(pgd, model, xs, ys, standard,
                                                 steps, restarts, tol=float(sp["budget_tol"]), seed=seed,
                                                 reported=reported)
     out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table[results.robust("pgd_linf")].mean()),
@@ -256,7 +257,7 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
     for msg in weaker:
         logger.warning("%s: PGD weaker than FGSM at %s: a sign of gradient masking", run, msg)
     if run == sp.get("undefended_run"):
-        out["undefended"] = check_undefended(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
+        out["undefended"] = check_undefended(pgd, model, xs, ys, standard,
                                              max_acc=float(sp["undefended_max_acc"]), steps=steps,
                                              restarts=restarts)
     out["columns"] = results.attacks_in(table)

@@ -255,3 +255,20 @@ def test_nested_curve_keeps_points_broken_at_a_smaller_eps(net):
     checks.check_monotone_in_eps(weak[weak.attack == "pgd_nested"])
     with pytest.raises(ValueError, match="eps"):
         robustness_curve(model, x, y, "linf", [0.1, -1.0])
+
+
+def test_masking_signs_are_recorded_not_fatal(net):
+    """PGD weaker than FGSM (on the curve) and PGD rising with eps are recorded as flags by the attack
+    stage's checks; the reported worst case already takes every attack per example."""
+    model, x, y = net
+    lin = ThreatModel("linf", 0.1)
+    table = evaluate_attacks(model, x, y, {"fgsm_linf": partial(fgsm, threat=lin),
+                                           "pgd_linf": partial(pgd, threat=lin, steps=5)},
+                             groups={"fgsm_linf": "linf", "pgd_linf": "linf"})
+    curve = pd.DataFrame([("linf", 0.05, "pgd", 0.6), ("linf", 0.05, "fgsm", 0.5), ("linf", 0.1, "pgd", 0.7),
+                          ("linf", 0.1, "fgsm", 0.8)], columns=["norm", "eps", "attack", "robust_acc"])
+    params = {"attack": {"pgd_steps": 5, "pgd_restarts": 1, "linf_eps": 0.1,
+                         "sanity": {"large_eps": {"linf": 1.0, "l2": 30.0}, "budget_tol": 1.0}}}
+    out = checks.evaluation_sanity_checks(model, x, y, curve, table, "r", params, 10, seed=0, index=range(48))
+    assert out["pgd_weaker_than_fgsm"] == ["linf eps=0.05: PGD 0.6000 > FGSM 0.5000 (curve)"]
+    assert "rises" in out["pgd_nonmonotone"] and out["budget_linf"]["unconverged"] is None

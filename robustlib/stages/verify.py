@@ -152,11 +152,12 @@ def _autoattack_robust(model, x, y, idx, eps: float, ap: dict, attack_table: pd.
     ok = pgd_ok.clone()
     if len(todo) == 0:
         return ok, "verify stage", 0.0, 0
-    aa = partial(autoattack, threat=ThreatModel("linf", eps), version=ap["autoattack_version"], seed=seed,
+    threat = ThreatModel("linf", eps)
+    aa = partial(autoattack, threat=threat, version=ap["autoattack_version"], seed=seed,
                  batch_size=int(ap["batch_size"]), square_escalation=int(ap["square_escalation"]))
     t0 = time.perf_counter()
     table = Background(evaluate_attacks, model, x[todo], y[todo], {"aa_linf": aa}, index=[idx[i] for i in todo],
-                       threats={"aa_linf": ThreatModel("linf", eps)}, batch_size=int(ap["batch_size"]),
+                       threats={"aa_linf": threat}, batch_size=int(ap["batch_size"]),
                        seed=seed).result()
     ok[todo] = flags(table, robust("aa_linf"))
     return ok, "verify stage", round(time.perf_counter() - t0, 2), len(todo)
