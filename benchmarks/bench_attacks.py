@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
+from robustlib import results
 from robustlib.attacks import autoattack, pgd
 from robustlib.data import load_split
 from robustlib.io import load_model, write_json
 from robustlib.parallel import Background
 from robustlib.robustness import evaluate_attacks
 from robustlib.robustness import robustness_curves as stage_curves  # the attack stage's own curve computation
+from robustlib.threat import ThreatModel
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -32,6 +34,36 @@ RESULTS = Path(__file__).parent / "results"
 def _acc(model, x, y):
     with torch.no_grad():
         return float((model(x).argmax(1) == y).float().mean())
+
+
+def perceptual_speed(model, x, y, lpips_path: Path, n: int) -> dict:
+    """Seconds of each perceptual attack (the attack stage's settings: budgets of Laidlaw et al. 2021,
+    their iterations) on the first ``n`` points, one thread, and the accuracy it leaves; ReColorAdv is
+    n/a on grayscale data. The NPTM attacks use the lpips stage's network at ``lpips_path``."""
+    from robustlib.attacks import NotApplicable
+    from robustlib.attacks.perceptual import NEEDS_LPIPS, PERCEPTUAL_ATTACKS
+
+    budgets = {"stadv": 0.05, "recoloradv": 0.06, "jpeg": 0.25, "lpa": 0.5, "ppgd": 0.5}
+    lpips_net = load_model(lpips_path) if lpips_path.exists() else None
+    out = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the attack stage's worker processes
+    try:
+        for name, attack in PERCEPTUAL_ATTACKS.items():
+            kw = {"eps": budgets[name], **({"lpips_net": lpips_net} if name in NEEDS_LPIPS else {})}
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            try:
+                adv = attack(model, x[:n], y[:n], **kw).points
+            except NotApplicable as err:
+                out[name] = {"not_applicable": str(err)}
+                continue
+            dt = time.perf_counter() - t0
+            out[name] = {"seconds": dt, "seconds_per_100": 100 * dt / n, "acc": _acc(model, adv, y[:n])}
+            print(f"  {name:11s} {dt:7.1f} s on {n} points, accuracy left {out[name]['acc']:.3f}", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def iteration_speed(model, x, y, eps: float, steps: int, repeats: int = 3) -> dict:
@@ -50,8 +82,8 @@ def iteration_speed(model, x, y, eps: float, steps: int, repeats: int = 3) -> di
 
     def run_ours():
         executed.clear()
-        return pgd(model, x, y, eps, "linf", steps=steps, generator=g,
-                   trace=lambda r, t, idx, xa, loss: executed.append(len(idx) if t < steps else 0))
+        return pgd(model, x, y, ThreatModel("linf", eps), steps=steps, generator=g,
+                   trace=lambda r, t, idx, xa, loss: executed.append(len(idx) if t < steps else 0)).points
 
     ta = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
     apgd = APGDAttack(model, n_restarts=1, n_iter=steps, eps=eps, norm="Linf", seed=0, device="cpu", loss="ce")
@@ -83,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--l2-grid", default="1.0,2.0")
     p.add_argument("--skip-autoattack", action="store_true")
     p.add_argument("--processes", type=int, default=2, help="worker processes, as attack.processes in params")
+    p.add_argument("--dataset", default="mnist", help="the checkpoint's dataset (cifar10 for ReColorAdv)")
+    p.add_argument("--lpips", default="runs/_lpips/model.pt", help="the lpips stage's network (NPTM attacks)")
+    p.add_argument("--perceptual-n", type=int, default=100, help="points for the perceptual attacks' timing")
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
     ckpt = Path(args.checkpoint)
@@ -91,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"--checkpoint PATH to a model saved by robustlib.io.save_model.")
     torch.set_num_threads(args.threads)
     model = load_model(ckpt)
-    test = load_split("mnist", train=False, root=args.data)
+    test = load_split(args.dataset, train=False, root=args.data)
     idx = torch.arange(args.n)
     x, y = test.images(idx), test.labels(idx)
     res: dict = {"checkpoint": str(ckpt), "n": args.n, "threads": args.threads, "clean_acc": _acc(model, x, y),
@@ -101,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     for eps in (0.1, 0.3):
         print(f"PGD-20 L-inf eps={eps}:")
         res["speed"][f"linf_{eps}"] = iteration_speed(model, x, y, eps, 20)
+    print(f"perceptual attacks on {args.perceptual_n} points:")
+    res["perceptual"] = perceptual_speed(model, x, y, Path(args.lpips), args.perceptual_n)
 
     # The whole evaluation as the attack stage runs it: AutoAttack L-inf and L2 side by side in two
     # forked workers, the PGD curves in a third alongside them (robustlib.parallel).
@@ -110,14 +147,14 @@ def main(argv: list[str] | None = None) -> None:
     timings, curves = {}, []
     if not args.skip_autoattack:
         eps_aa = {"linf": 0.3, "l2": 2.0}
-        aa = {f"autoattack_{norm}": partial(autoattack, eps=eps, norm=norm) for norm, eps in eps_aa.items()}
+        aa = {f"autoattack_{norm}": partial(autoattack, threat=ThreatModel(norm, eps)) for norm, eps in eps_aa.items()}
         table = evaluate_attacks(model, x, y, aa, processes=args.processes)
         for name in aa:
             timings[name] = table.attrs["seconds"][name]
             norm = name.removeprefix("autoattack_")
             eps = eps_aa[norm]
             curves.append({"norm": norm, "eps": eps, "attack": "autoattack",
-                           "robust_acc": float(table[f"robust_{name}"].mean())})
+                           "robust_acc": float(table[results.robust(name)].mean())})
             print(f"AutoAttack {norm} eps={eps}: {timings[name]:.1f} s, robust acc {curves[-1]['robust_acc']:.4f}",
                   flush=True)
     t0 = time.perf_counter()
@@ -129,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     res["evaluation_seconds"], res["curves"] = timings, curves
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(res, RESULTS / "attacks.json")
-    lines = ["# Attack benchmark\n", f"Checkpoint `{ckpt}`, {args.n} MNIST test points, {args.threads} threads, "
+    lines = ["# Attack benchmark\n", f"Checkpoint `{ckpt}`, {args.n} {args.dataset} test points, {args.threads} "
+             "threads, "
              f"clean accuracy {res['clean_acc']:.4f}. {args.note}\n",
              "| setting | attack | seconds | iterations/s | example-steps/s | robust acc |",
              "|---|---|---|---|---|---|"]
@@ -137,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         for name, r in rows.items():
             lines.append(f"| PGD-20 {setting} | {name} | {r['seconds']:.2f} | {r['iters_per_s']:.2f} | "
                          f"{r['example_steps_per_s']:.0f} | {r['robust_acc']:.4f} |")
+    lines += ["", f"Perceptual attacks (attack-stage settings, one thread) on the first {args.perceptual_n} points, "
+              f"`{args.dataset}`:", "", "| attack | seconds per 100 points | accuracy left |", "|---|---|---|"]
+    for name, r in res["perceptual"].items():
+        lines.append(f"| {name} | n/a ({r['not_applicable'][:40]}) | - |" if "not_applicable" in r else
+                     f"| {name} | {r['seconds_per_100']:.1f} | {r['acc']:.3f} |")
     lines += ["", "| evaluation part | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     lines += ["", "| norm | eps | attack | robust acc |", "|---|---|---|---|"]

@@ -8,7 +8,7 @@ judges each attack against the profile's limits (``attack.sanity.perceptual_max_
 control fails this command (non-zero exit), after the results are written. Needs CIFAR-10 under the
 data root (see profiles/cifar10-cpu.yaml).
 
-    python benchmarks/positive_controls.py [--epochs 5] [--lpips-epochs 3] [--n 100]
+    python benchmarks/positive_controls.py [--epochs 5] [--n-train N] [--lpips-epochs 3] [--n 100] [--out DIR]
 
 Writes benchmarks/results/positive_controls.{json,md}.
 """
@@ -28,7 +28,7 @@ import yaml
 from robustlib.io import write_json
 from robustlib.params import load as load_params
 from robustlib.params import project_root
-from robustlib.robustness import load_results
+from robustlib.results import load_results, robust
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,8 +37,13 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=5, help="training epochs of the standard SmallCNN")
     p.add_argument("--lpips-epochs", type=int, default=3, help="training epochs of the LPIPS network")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="training images (default: the profile's 20000; 0: every training image not held out for "
+                        "validation, 49000)")
     p.add_argument("--n", type=int, default=100, help="attacked test examples")
-    p.add_argument("--reuse", action="store_true", help="reuse the trained models of an earlier run of this command")
+    p.add_argument("--out", default="positive_controls", help="run directory under runs/ (models, tables)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse the trained models (classifier, LPIPS network) found in the run directory")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from robustlib.stages import attack, lpips, train
@@ -46,6 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     root = project_root()
     params = load_params(root / "profiles" / "cifar10-cpu.yaml")
     params["base"]["profile"] = "cifar10-cpu (positive controls)"
+    if args.n_train is not None:
+        params["data"]["n_train"] = args.n_train or None
     params["runs"] = {"standard": {"objective": {"ce": 1.0}, "epochs": args.epochs}}
     params["finetunes"] = {}
     params["run_names"] = ["standard"]
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         params["verify"][key] = ["standard"]
     params["ablations"] = {"table_runs": ["standard"], "sweep_runs": ["standard"]}
     params["laplacian"] = {**params["laplacian"], "sparse_run": "standard", "dense_run": "standard"}
-    out = Path("runs") / "positive_controls"
+    out = Path("runs") / args.out
     (root / out).mkdir(parents=True, exist_ok=True)
     pfile = out / "params.yaml"
     (root / pfile).write_text(yaml.safe_dump(params, sort_keys=False))
@@ -79,15 +86,17 @@ def main(argv: list[str] | None = None) -> dict:
     lm = read_json(paths.lpips_metrics_path(root / out)) if done else lpips.run(str(pfile), str(out), progress=False)
     am = attack.run("standard", str(pfile), str(out))
     table = load_results(paths.attack_results_path(root / out, "standard"))
-    controls = {a: {"acc": float(table[f"robust_{a}"].mean()), "max_acc": float(m)} for a, m in limits.items()
-                if f"robust_{a}" in table}
+    controls = {a: {"acc": float(table[robust(a)].mean()), "max_acc": float(m)} for a, m in limits.items()
+                if robust(a) in table}
     failed = sorted(a for a, c in controls.items() if c["acc"] > c["max_acc"])
     result = {
         "setting": {"dataset": "cifar10", "model": "smallcnn", "train_epochs": args.epochs,
-                    "n_train": params["data"]["n_train"],
+                    "n_train": tm.get("n_train", params["data"]["n_train"]),
+                    "augment": params["train"].get("augment"),
                     "attacked_examples": am["n"], "budgets": am["perceptual_budgets"],
                     "lpips_network": am["lpips_network"]},
-        "clean_acc": am["clean_acc"], "test_acc": tm.get("test_acc"), "controls": controls, "failed": failed,
+        "clean_acc": am["clean_acc"], "test_acc": tm.get("clean_acc"), "val_acc": tm.get("val_acc"),
+        "controls": controls, "failed": failed,
         "attack_seconds": am["seconds"], "lpips_train_minutes": lm["train_minutes"],
         "minutes": round((time.perf_counter() - t0) / 60, 2),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -96,8 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.mkdir(exist_ok=True)
     write_json(result, RESULTS / "positive_controls.json")
     lines = ["# Perceptual attacks: positive controls on CIFAR-10", "",
-             f"Undefended SmallCNN (`standard`, {args.epochs} epochs on {params['data']['n_train']} CIFAR-10 "
-             f"training images), clean accuracy {100 * am['clean_acc']:.1f}% on the first {am['n']} test examples. "
+             f"Undefended SmallCNN (`standard`, {args.epochs} epochs on {result['setting']['n_train']} CIFAR-10 "
+             f"training images, augmentation {result['setting']['augment']}), clean accuracy "
+             f"{100 * am['clean_acc']:.1f}% on the first {am['n']} test examples ({100 * tm['clean_acc']:.1f}% on "
+             f"{tm.get('n_test', '?')}). "
              f"LPIPS network: `{lm['model']}` trained {lm['epochs']} epoch(s), test accuracy "
              f"{100 * lm['test_acc']:.1f}%, sha256 {lm['sha256'][:12]}.", "",
              "| attack | budget | accuracy % | must be <= % | seconds |", "|---|---|---|---|---|"]

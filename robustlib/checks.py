@@ -2,7 +2,7 @@
 robustness", sec. 5 checklist). Each check raises ``SanityCheckError`` naming the check and what
 went wrong, and returns a small dict of the numbers it looked at when it passes.
 
-An attack here is any callable ``attack(model, x, y, eps=..., norm=..., **budget) -> x_adv`` (e.g.
+An attack here is any callable ``attack(model, x, y, threat, **budget) -> AttackResult`` (e.g.
 ``robustlib.attacks.pgd``, whose budget keywords are ``steps`` and ``restarts``).
 """
 
@@ -16,13 +16,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustlib.attacks.common import eval_mode
+from robustlib import results
+from robustlib.attacks.common import AttackResult, eval_mode
 from robustlib.evaluate import predict
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
 
-AttackFn = Callable[..., torch.Tensor]
+AttackFn = Callable[..., AttackResult]
 
 
 class SanityCheckError(AssertionError):
@@ -104,18 +105,17 @@ def check_monotone_in_eps(curve: pd.DataFrame, tol: float = 0.0) -> dict[str, An
     return {"groups": int(curve.groupby(["norm", "attack"]).ngroups)}
 
 
-def check_large_eps(attack: AttackFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
+def check_large_eps(attack: AttackFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                     num_classes: int, tol: float = 0.05, **budget: Any) -> dict[str, Any]:
     """At a very large eps (e.g. 1.0 for L-inf, where any image is reachable) robust accuracy is at
     most chance level ``1 / num_classes`` plus ``tol``."""
-    threat = ThreatModel(norm, eps)
-    x_adv = attack(model, x, y, eps=eps, norm=norm, **budget)
+    x_adv = attack(model, x, y, threat, **budget).points
     check_points(x, x_adv, threat, "large-eps attack")
     acc = robust_accuracy(model, x, y, x_adv)
     if acc > 1.0 / num_classes + tol:
-        raise SanityCheckError("large_eps", f"robust accuracy {acc:.4f} at eps={eps} ({norm}) is above chance "
-                               f"{1.0 / num_classes:.4f} + {tol}: the attack is not unbounded-strong")
-    return {"robust_acc": acc, "eps": eps}
+        raise SanityCheckError("large_eps", f"robust accuracy {acc:.4f} at eps={threat.eps} ({threat.norm}) is "
+                               f"above chance {1.0 / num_classes:.4f} + {tol}: the attack is not unbounded-strong")
+    return {"robust_acc": acc, "eps": threat.eps}
 
 
 def check_budget_converged(attack: AttackFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -130,8 +130,8 @@ def check_budget_converged(attack: AttackFn, model: nn.Module, x: torch.Tensor, 
     ``unconverged`` (a message) instead of raised. Any example the doubled budget breaks and the
     reported worst case keeps fails the check."""
     def run(s: int, r: int) -> torch.Tensor:
-        x_adv = attack(model, x, y, eps=threat.eps, norm=threat.norm, steps=s, restarts=r,
-                       generator=torch.Generator(device=x.device).manual_seed(seed))
+        x_adv = attack(model, x, y, threat, steps=s, restarts=r,
+                       generator=torch.Generator(device=x.device).manual_seed(seed)).points
         check_points(x, x_adv, threat, f"attack with steps={s}, restarts={r}")
         with eval_mode(model):
             return ((predict(model, x) == y) & (predict(model, x_adv) == y)).cpu()
@@ -163,8 +163,8 @@ def check_pgd_below_fgsm(pgd_attack: AttackFn, fgsm_attack: AttackFn, model: nn.
                          y: torch.Tensor, threat: ThreatModel, tol: float = 0.0, **budget: Any) -> dict[str, Any]:
     """An iterative attack is at least as strong as a single step: robust accuracy under PGD is at
     most FGSM's (+ ``tol``)."""
-    x_pgd = pgd_attack(model, x, y, eps=threat.eps, norm=threat.norm, **budget)
-    x_fgsm = fgsm_attack(model, x, y, eps=threat.eps, norm=threat.norm)
+    x_pgd = pgd_attack(model, x, y, threat, **budget).points
+    x_fgsm = fgsm_attack(model, x, y, threat).points
     check_points(x, x_pgd, threat, "PGD")
     check_points(x, x_fgsm, threat, "FGSM")
     a_pgd, a_fgsm = robust_accuracy(model, x, y, x_pgd), robust_accuracy(model, x, y, x_fgsm)
@@ -177,7 +177,7 @@ def check_pgd_below_fgsm(pgd_attack: AttackFn, fgsm_attack: AttackFn, model: nn.
 def check_undefended(attack: AttackFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                      max_acc: float = 0.02, **budget: Any) -> dict[str, Any]:
     """An undefended (plainly trained) model is driven to about 0% robust accuracy at the standard eps."""
-    x_adv = attack(model, x, y, eps=threat.eps, norm=threat.norm, **budget)
+    x_adv = attack(model, x, y, threat, **budget).points
     check_points(x, x_adv, threat, "attack on the undefended model")
     acc = robust_accuracy(model, x, y, x_adv)
     if acc > max_acc:
@@ -193,7 +193,7 @@ def check_positive_controls(table: pd.DataFrame, max_acc: dict[str, float], run:
     reports 0-1% for undefended CIFAR-10 models; an attack that cannot fool one is broken)."""
     out: dict[str, Any] = {}
     for attack, limit in max_acc.items():
-        col = f"robust_{attack}"
+        col = results.robust(attack)
         if col not in table:
             reason = table.attrs.get("not_applicable", {}).get(attack)
             if reason:  # e.g. ReColorAdv on grayscale data: nothing to control
@@ -239,17 +239,17 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
             accs = dict(zip(grp["attack"], grp["robust_acc"], strict=False))
             if "pgd" in accs and "fgsm" in accs and accs["pgd"] > accs["fgsm"] + 1e-9:
                 weaker.append(f"{norm} eps={eps:g}: PGD {accs['pgd']:.4f} > FGSM {accs['fgsm']:.4f} (curve)")
-        out[f"large_eps_{norm}"] = check_large_eps(pgd, model, xs, ys, norm, float(sp["large_eps"][norm]),
+        out[f"large_eps_{norm}"] = check_large_eps(pgd, model, xs, ys, ThreatModel(norm, float(sp["large_eps"][norm])),
                                                    num_classes, steps=steps, restarts=1)
-    reported = torch.tensor(table["worst_linf"].to_numpy(dtype=bool))
-    if index is not None and list(table["index"]) != [int(i) for i in index[:len(table)]]:
+    reported = results.flags(table, results.worst("linf"))
+    if index is not None and list(table[results.INDEX]) != [int(i) for i in index[:len(table)]]:
         raise ValueError("the sanity examples must start with the attacked examples (the same split prefix)")
-    out["budget_linf"] = check_budget_converged(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
+    standard = ThreatModel("linf", float(ap["linf_eps"]))
+    out["budget_linf"] = check_budget_converged(pgd, model, xs, ys, standard,
                                                 steps, restarts, tol=float(sp["budget_tol"]), seed=seed,
                                                 reported=reported)
-    robust_cols = [c for c in table if c.startswith("robust_") or c.startswith("worst_")]
-    out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table["robust_pgd_linf"].mean()),
-                                 "fgsm_linf": float(table["robust_fgsm_linf"].mean())}
+    out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table[results.robust("pgd_linf")].mean()),
+                                 "fgsm_linf": float(table[results.robust("fgsm_linf")].mean())}
     if out["pgd_vs_fgsm_points"]["pgd_linf"] > out["pgd_vs_fgsm_points"]["fgsm_linf"]:
         weaker.append(f"linf eps={float(ap['linf_eps']):g}: PGD {out['pgd_vs_fgsm_points']['pgd_linf']:.4f} > "
                       f"FGSM {out['pgd_vs_fgsm_points']['fgsm_linf']:.4f} (attacked examples)")
@@ -257,8 +257,8 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
     for msg in weaker:
         logger.warning("%s: PGD weaker than FGSM at %s: a sign of gradient masking", run, msg)
     if run == sp.get("undefended_run"):
-        out["undefended"] = check_undefended(pgd, model, xs, ys, ThreatModel("linf", float(ap["linf_eps"])),
+        out["undefended"] = check_undefended(pgd, model, xs, ys, standard,
                                              max_acc=float(sp["undefended_max_acc"]), steps=steps,
                                              restarts=restarts)
-    out["columns"] = robust_cols
+    out["columns"] = results.attacks_in(table)
     return out

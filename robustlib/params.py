@@ -178,40 +178,41 @@ def all_runs(params: Mapping[str, Any]) -> list[str]:
     return [*params.get("runs", {}), *(params.get("finetunes") or {})]
 
 
+def has_run(params: Mapping[str, Any], run: str) -> bool:
+    """Whether ``run`` names a run or a finetune (a membership test: reads no run's settings)."""
+    return run in params.get("runs", {}) or run in (params.get("finetunes") or {})
+
+
 def run_config(params: Mapping[str, Any], run: str):
     """The ``TrainConfig`` of named run ``run``: ``train`` defaults overridden by ``runs.<run>``, with
     the dataset's shape and normalization filled into ``model_kwargs``."""
-    from robustlib.data import dataset_info
-    from robustlib.train import TrainConfig
 
-    runs = {**params.get("runs", {}), **(params.get("finetunes") or {})}
-    if run not in runs:
-        raise ParamsError(f"unknown run {run!r}; runs defined in params: {sorted(runs)}")
-    spec = _merge(params.get("train", {}), runs[run] or {})
+    if not has_run(params, run):
+        raise ParamsError(f"unknown run {run!r}; runs defined in params: {sorted(all_runs(params))}")
+    section = "runs" if run in params.get("runs", {}) else "finetunes"  # reads this run's settings only
+    spec = _merge(params.get("train", {}), params[section][run] or {})
     bad = sorted(set(spec) - _train_keys())
     if bad:
         raise ParamsError(f"runs.{run}: unknown option(s) {bad}; known: {sorted(_train_keys())}")
-    info = dataset_info(params["data"]["dataset"])
-    kwargs = {"in_channels": info.in_channels, "image_size": info.image_size,
-              "num_classes": info.num_classes, "mean": list(info.mean), "std": list(info.std)}
-    kwargs.update(spec.get("model_kwargs") or {})
-    spec["model_kwargs"] = kwargs
-    spec.setdefault("seed", params["base"].get("seed", 0))
-    try:
-        return TrainConfig(**spec)
-    except (TypeError, ValueError) as err:
-        raise ParamsError(f"runs.{run}: {err}") from err
+    return _train_config(params, spec, f"runs.{run}")
 
 
 def lpips_config(params: Mapping[str, Any]):
     """The ``TrainConfig`` of the fixed LPIPS network (lpips stage): the ``lpips`` section (model
     ``alexnet_cifar`` by default) over the ``train`` defaults, plain cross-entropy, no spectral norm,
     the dataset's shape and normalization in ``model_kwargs``."""
-    from robustlib.data import dataset_info
-    from robustlib.train import TrainConfig
 
     spec = _merge(params.get("train", {}), {"model": "alexnet_cifar", **(params.get("lpips") or {})})
     spec.update(objective={"ce": 1.0}, spectral_norm=False, init_from=None)
+    return _train_config(params, spec, "lpips")
+
+
+def _train_config(params: Mapping[str, Any], spec: dict, where: str):
+    """``TrainConfig(**spec)`` with the dataset's shape and normalization under ``model_kwargs`` and the
+    base seed as default; an invalid spec raises ``ParamsError`` naming ``where``."""
+    from robustlib.data import dataset_info
+    from robustlib.train import TrainConfig
+
     info = dataset_info(params["data"]["dataset"])
     kwargs = {"in_channels": info.in_channels, "image_size": info.image_size,
               "num_classes": info.num_classes, "mean": list(info.mean), "std": list(info.std)}
@@ -221,7 +222,7 @@ def lpips_config(params: Mapping[str, Any]):
     try:
         return TrainConfig(**spec)
     except (TypeError, ValueError) as err:
-        raise ParamsError(f"lpips: {err}") from err
+        raise ParamsError(f"{where}: {err}") from err
 
 
 def use_profile(name: str, root: str | Path | None = None) -> Path:

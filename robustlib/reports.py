@@ -10,6 +10,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from robustlib import results
 from robustlib.io import atomic_write
 
 
@@ -141,13 +142,12 @@ def run_summary(out, run: str) -> dict:
     """Clean and robust accuracy (%) of a run from its per-example attack results, with training minutes."""
     from robustlib import paths
     from robustlib.io import read_json
-    from robustlib.robustness import load_results
 
-    table = load_results(paths.attack_results_path(out, run))
+    table = results.load_results(paths.attack_results_path(out, run))
     train = read_json(paths.train_metrics_path(out, run))
-    row = {"run": run, "n": len(table), "clean_%": 100 * table["clean_correct"].mean()}
-    for col, name in (("robust_pgd_linf", "pgd_linf_%"), ("robust_aa_linf", "aa_linf_%"),
-                      ("worst_linf", "worst_linf_%"), ("robust_aa_l2", "aa_l2_%")):
+    row = {"run": run, "n": len(table), "clean_%": 100 * table[results.CLEAN].mean()}
+    for col, name in ((results.robust("pgd_linf"), "pgd_linf_%"), (results.robust("aa_linf"), "aa_linf_%"),
+                      (results.worst("linf"), "worst_linf_%"), (results.robust("aa_l2"), "aa_l2_%")):
         if col in table:
             row[name] = 100 * table[col].mean()
     row["train_minutes"] = train["train_minutes"]
@@ -168,7 +168,7 @@ def perceptual_settings(attack: Sequence[Mapping], undefended_run: str | None) -
     controls = base.get("sanity", {}).get("perceptual_controls", {})
     rows = []
     for name, eps in budgets.items():
-        acc = base.get(f"robust_{name}_acc")
+        acc = base.get(results.acc_key(name))
         rows.append({"attack": name, "budget": eps,
                      f"{undefended_run}_acc_%": "n/a" if name in base.get("not_applicable", {}) else
                      (round(100 * acc, 2) if acc is not None else "-"),
@@ -186,11 +186,11 @@ def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.Data
     minutes = {m["run"]: m["train_minutes"] for m in train}
     rows = []
     for m in attack:
-        row = {"run": m["run"], "clean": 100 * m["clean_acc"], "linf_AA": 100 * m["aa_linf_acc"],
-               "linf_worst": 100 * m["worst_linf_acc"], "l2_AA": 100 * m["aa_l2_acc"]}
+        row = {"run": m["run"], "clean": 100 * m["clean_acc"], "linf_AA": 100 * m[results.acc_key("aa_linf")],
+               "linf_worst": 100 * m[results.worst_acc_key("linf")], "l2_AA": 100 * m[results.acc_key("aa_l2")]}
         for col, threat, attacks in PERCEPTUAL_COLUMNS:  # worst case over the threat model's attacks
-            if f"worst_{threat}_acc" in m:
-                row[col] = round(100 * m[f"worst_{threat}_acc"], 2)
+            if results.worst_acc_key(threat) in m:
+                row[col] = round(100 * m[results.worst_acc_key(threat)], 2)
             else:
                 row[col] = "n/a" if any(a in m.get("not_applicable", {}) for a in attacks) else "-"
         row["train_minutes"] = minutes.get(m["run"])

@@ -22,6 +22,17 @@ def _draw(fn, shape, generator: torch.Generator | None, like: torch.Tensor, **kw
     return fn(shape, generator=generator, device=device, **kw).to(device=like.device, dtype=like.dtype)
 
 
+def steepest_ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The unit-norm steepest-ascent direction of ``norm`` per example: ``sign(grad)`` for L-inf,
+    ``grad / ||grad||_2`` for L2."""
+    if norm == "linf":
+        return grad.sign()
+    if norm != "l2":
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+    return grad / n
+
+
 @dataclass(frozen=True)
 class ThreatModel:
     """An ``norm`` ball of radius ``eps`` intersected with [0, 1].
@@ -89,11 +100,8 @@ class ThreatModel:
         return signs * self.eps
 
     def steepest_ascent(self, grad: torch.Tensor) -> torch.Tensor:
-        """The unit-norm steepest-ascent direction for this norm (sign for L-inf, normalized for L2)."""
-        if self.norm == "linf":
-            return grad.sign()
-        n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-        return grad / n
+        """The unit-norm steepest-ascent direction for this norm (``steepest_ascent``)."""
+        return steepest_ascent(grad, self.norm)
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
         """Per-example check that ``x_adv`` is finite, in [0, 1] and inside the ball (with ``tol``)."""

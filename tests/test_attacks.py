@@ -60,7 +60,7 @@ def test_pgd_iterates_match_torchattacks(net, norm, eps):
     def trace(r, t, idx, xa, loss):
         seen[t] = (idx.clone(), xa.clone())
 
-    pgd(model, x, y, eps, norm, steps=steps, step_size=alpha, random_start=False, trace=trace)
+    pgd(model, x, y, ThreatModel(norm, eps), steps=steps, step_size=alpha, random_start=False, trace=trace)
     assert len(seen) >= 3
     for t, (idx, xa) in seen.items():
         if t == 0:
@@ -96,10 +96,10 @@ def test_fgsm_linear_closed_form_and_brute_force():
         corners = torch.tensor(list(itertools.product([-eps, eps], repeat=2))).view(4, 1, 1, 2)
         ce = F.cross_entropy(model(x + corners), y.expand(4), reduction="none")
         best = x + corners[ce.argmax()]
-        adv = fgsm(model, x, y, eps)
+        adv = fgsm(model, x, y, ThreatModel("linf", eps)).points
         torch.testing.assert_close(adv, best)
         torch.testing.assert_close(adv, x + eps * u.sign())
-        adv2 = fgsm(model, x, y, eps, "l2")
+        adv2 = fgsm(model, x, y, ThreatModel("l2", eps)).points
         torch.testing.assert_close(adv2, x + eps * u / u.norm())
         angles = torch.linspace(0, 2 * torch.pi, 3601)
         circle = eps * torch.stack([angles.cos(), angles.sin()], 1).view(-1, 1, 1, 2)
@@ -120,7 +120,8 @@ def test_pgd_keeps_most_adversarial_point(net, norm, eps):
         with torch.no_grad():
             log.append((r, t, idx.clone(), xa.clone(), loss.clone(), model(xa).argmax(1) != y[idx]))
 
-    adv = pgd(model, x, y, eps, norm, steps=6, restarts=3, generator=torch.Generator().manual_seed(0), trace=trace)
+    adv = pgd(model, x, y, ThreatModel(norm, eps), steps=6, restarts=3, generator=torch.Generator().manual_seed(0),
+              trace=trace).points
     with torch.no_grad():
         clean_ok = model(x).argmax(1) == y
         adv_pred = model(adv).argmax(1)
@@ -148,7 +149,8 @@ def test_pgd_keeps_most_adversarial_point(net, norm, eps):
 def test_pgd_points_in_ball_box_finite(net, norm, eps):
     model, x, y = net
     x, y = x[:32], y[:32]
-    adv = pgd(model, x, y, eps, norm, steps=5, restarts=2, step_size=eps, generator=torch.Generator().manual_seed(0))
+    adv = pgd(model, x, y, ThreatModel(norm, eps), steps=5, restarts=2, step_size=eps,
+              generator=torch.Generator().manual_seed(0)).points
     d = (adv - x).flatten(1)
     size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
     assert torch.isfinite(adv).all() and adv.min() >= 0 and adv.max() <= 1
@@ -159,27 +161,31 @@ def test_pgd_points_in_ball_box_finite(net, norm, eps):
 def test_pgd_stronger_than_fgsm_and_eval_mode(net):
     model, x, y = net
     drop = nn.Sequential(model, nn.Dropout(0.5)).train()
-    a = pgd(drop, x, y, 0.1, steps=10, restarts=2, generator=torch.Generator().manual_seed(0))
-    b = pgd(drop, x, y, 0.1, steps=10, restarts=2, generator=torch.Generator().manual_seed(0))
+    a = pgd(drop, x, y, ThreatModel("linf", 0.1), steps=10, restarts=2,
+            generator=torch.Generator().manual_seed(0)).points
+    b = pgd(drop, x, y, ThreatModel("linf", 0.1), steps=10, restarts=2,
+            generator=torch.Generator().manual_seed(0)).points
     assert torch.equal(a, b) and drop.training and drop[1].training  # eval mode inside, restored after
-    assert _acc(model, a, y) <= _acc(model, fgsm(model, x, y, 0.1), y)
-    assert _acc(model, pgd(model, x, y, 0.3, steps=20), y) == 0.0
+    assert _acc(model, a, y) <= _acc(model, fgsm(model, x, y, ThreatModel("linf", 0.1)).points, y)
+    assert _acc(model, pgd(model, x, y, ThreatModel("linf", 0.3), steps=20).points, y) == 0.0
 
 
 def test_bad_input_raises(net):
     model, x, y = net
     with pytest.raises(ValueError, match="eps"):
-        pgd(model, x, y, -0.1)
+        pgd(model, x, y, ThreatModel("linf", -0.1))
     with pytest.raises(ValueError, match="norm"):
-        pgd(model, x, y, 0.1, norm="l1")
+        pgd(model, x, y, ThreatModel("l1", 0.1))
     with pytest.raises(ValueError, match="steps"):
-        pgd(model, x, y, 0.1, steps=-1)
+        pgd(model, x, y, ThreatModel("linf", 0.1), steps=-1)
     with pytest.raises(ValueError, match="restarts"):
-        pgd(model, x, y, 0.1, restarts=0)
+        pgd(model, x, y, ThreatModel("linf", 0.1), restarts=0)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        fgsm(model, x * 2, y, 0.1)
+        fgsm(model, x * 2, y, ThreatModel("linf", 0.1))
+    with pytest.raises(TypeError, match="ThreatModel"):
+        pgd(model, x, y, 0.1)
     with pytest.raises(ValueError, match="version"):
-        autoattack(model, x, y, 0.1, version="fast")
+        autoattack(model, x, y, ThreatModel("linf", 0.1), version="fast")
 
 
 def test_transfer_black_box(net):
@@ -187,20 +193,21 @@ def test_transfer_black_box(net):
     white-box PGD on the target does."""
     target, x, y = net
     source, _, _ = _train(1, epochs=2)
-    adv = transfer(source, target, x, y, 0.2, "linf", steps=10, restarts=1, generator=torch.Generator().manual_seed(0))
+    adv = transfer(source, target, x, y, ThreatModel("linf", 0.2), steps=10, restarts=1,
+                   generator=torch.Generator().manual_seed(0)).points
     assert ((adv - x).abs().amax() <= 0.2 + 1e-6) and adv.min() >= 0 and adv.max() <= 1
-    white = pgd(target, x, y, 0.2, steps=10, generator=torch.Generator().manual_seed(0))
+    white = pgd(target, x, y, ThreatModel("linf", 0.2), steps=10, generator=torch.Generator().manual_seed(0)).points
     assert _acc(source, adv, y) < 0.2
     assert _acc(target, white, y) <= _acc(target, adv, y) < _acc(target, x, y)
     with pytest.raises(ValueError, match="classes"):
-        transfer(nn.Sequential(nn.Flatten(), nn.Linear(784, 3)), target, x, y, 0.1)
+        transfer(nn.Sequential(nn.Flatten(), nn.Linear(784, 3)), target, x, y, ThreatModel("linf", 0.1))
 
 
 # --- AutoAttack -------------------------------------------------------------------------------------
 def test_autoattack_points(net):
     model, x, y = net
     x, y = x[:16], y[:16]
-    adv = autoattack(model, x, y, 0.3, "linf", batch_size=8)
+    adv = autoattack(model, x, y, ThreatModel("linf", 0.3), batch_size=8).points
     assert adv.shape == x.shape and torch.isfinite(adv).all() and adv.min() >= 0 and adv.max() <= 1
     assert (adv - x).abs().amax() <= 0.3 + 1e-6
     assert _acc(model, adv, y) == 0.0
@@ -269,7 +276,7 @@ def test_zero_gradient_point_counted_robust_is_fatal(net):
     x, y = x[:8].clone(), y[:8].clone()
     x[5], y[5] = 1.0, 3  # a bright image of class 3: constant, correct and gradient-free in its whole ball
     with pytest.raises(AttackCheckError) as err:
-        autoattack(_ConstantWhenBright(model, 3), x, y, 0.3, "linf", batch_size=4)
+        autoattack(_ConstantWhenBright(model, 3), x, y, ThreatModel("linf", 0.3), batch_size=4)
     assert err.value.flag == "zero_gradients" and "positions [5]" in str(err.value)
 
 
@@ -280,7 +287,7 @@ def test_zero_gradient_points_not_counted_robust_do_not_fail(net):
     x, y = x[:8].clone(), y[:8].clone()
     x[5], y[5] = 1.0, 4
     wrapped = _ConstantWhenBright(model, 3)
-    x_adv = autoattack(wrapped, x, y, 0.3, "linf", batch_size=4)
+    x_adv = autoattack(wrapped, x, y, ThreatModel("linf", 0.3), batch_size=4).points
     assert x_adv.shape == x.shape
     assert zero_jacobian(wrapped, x).tolist() == [i == 5 for i in range(8)]
 
@@ -292,7 +299,7 @@ def test_autoattack_checks_are_fatal(net, wrapper, flag):
     x = x[:8].clone()
     x[6, 0, 0, 0] = 1.0  # second batch (batch_size=4) only: pyautoattack's own check sees batch 1 only
     with pytest.raises(AttackCheckError) as err:
-        autoattack(wrapper(model), x, y[:8], 0.3, "linf", batch_size=4)
+        autoattack(wrapper(model), x, y[:8], ThreatModel("linf", 0.3), batch_size=4)
     assert err.value.flag == flag and f"[{flag}]" in str(err.value)
 
 
@@ -301,15 +308,14 @@ def test_square_stronger_flag_escalates_square_instead_of_failing(net):
     run goes on, and every example Square can break is counted broken."""
     model, x, y = net
     q = _Quantized(model)
-    record: dict = {}
-    x_adv = autoattack(q, x[:8], y[:8], 0.3, "linf", batch_size=4, record=record)
+    res = autoattack(q, x[:8], y[:8], ThreatModel("linf", 0.3), batch_size=4)
+    x_adv, record = res.points, res.info
     assert bool(ThreatModel("linf", 0.3).contains(x_adv, x[:8]).all())
     with torch.no_grad():
         assert not bool((q(x_adv).argmax(1) == y[:8]).any())
     assert record["square_stronger"] and 0 <= record["escalation_hits"] <= record["escalated"]
     # square_escalation=0: the flag is recorded, nothing is re-run
-    record0: dict = {}
-    autoattack(q, x[:8], y[:8], 0.3, "linf", batch_size=4, record=record0, square_escalation=0)
+    record0 = autoattack(q, x[:8], y[:8], ThreatModel("linf", 0.3), batch_size=4, square_escalation=0).info
     assert record0 == {"square_stronger": True, "escalated": 0, "escalation_hits": 0}
 
 
@@ -330,7 +336,7 @@ def test_square_escalation_keeps_only_hits(net):
 def test_square_escalation_rejects_negative_counts(net):
     model, x, y = net
     with pytest.raises(ValueError, match="square_escalation"):
-        autoattack(model, x[:4], y[:4], 0.3, "linf", square_escalation=-1)
+        autoattack(model, x[:4], y[:4], ThreatModel("linf", 0.3), square_escalation=-1)
 
 
 def test_zero_gradient_survivors_proven_robust_by_bounds_do_not_fail():
@@ -349,6 +355,6 @@ def test_zero_gradient_survivors_proven_robust_by_bounds_do_not_fail():
         c = int(model(x[:1]).argmax())
     y = torch.tensor([c, (c + 1) % 10] * 4)
     assert zero_jacobian(model, x).all() and ibp_certified(model, x[::2], y[::2], 0.3).all()
-    x_adv = autoattack(model, x, y, 0.3, "linf", batch_size=4)
+    x_adv = autoattack(model, x, y, ThreatModel("linf", 0.3), batch_size=4).points
     with torch.no_grad():
         assert (model(x_adv).argmax(1) == y).tolist() == [True, False] * 4

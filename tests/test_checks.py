@@ -14,10 +14,12 @@ import torch.nn.functional as F
 
 from robustlib import checks
 from robustlib.attacks import NotApplicable, fgsm, pgd, recoloradv
+from robustlib.attacks.common import AttackResult
 from robustlib.checks import SanityCheckError
 from robustlib.data import load_split
 from robustlib.models import build_model
-from robustlib.robustness import evaluate_attacks, load_results, robustness_curve, save_results
+from robustlib.results import load_results, save_results
+from robustlib.robustness import evaluate_attacks, robustness_curve
 from robustlib.threat import ThreatModel
 
 torch.set_num_threads(1)
@@ -41,53 +43,53 @@ def net():
     return model.eval(), test.images(torch.arange(48)), test.labels(torch.arange(48))
 
 
-def real(model, x, y, eps, norm, steps=10, restarts=1, generator=None):
-    return pgd(model, x, y, eps, norm, steps=steps, restarts=restarts,
+def real(model, x, y, threat, steps=10, restarts=1, generator=None):
+    return pgd(model, x, y, threat, steps=steps, restarts=restarts,
                generator=generator or torch.Generator().manual_seed(0))
 
 
 # planted broken attacks --------------------------------------------------------------------------
-def zero_steps(model, x, y, eps, norm, **kw):
-    return real(model, x, y, eps, norm, **{**kw, "steps": 0})
+def zero_steps(model, x, y, threat, **kw):
+    return real(model, x, y, threat, **{**kw, "steps": 0})
 
 
-def no_projection(model, x, y, eps, norm, **kw):
-    return (x + 2 * eps * (torch.rand_like(x) - 0.5).sign()).clamp(0, 1)
+def no_projection(model, x, y, threat, **kw):
+    return AttackResult((x + 2 * threat.eps * (torch.rand_like(x) - 0.5).sign()).clamp(0, 1))
 
 
-def returns_nan(model, x, y, eps, norm, **kw):
-    out = real(model, x, y, eps, norm, **kw)
+def returns_nan(model, x, y, threat, **kw):
+    out = real(model, x, y, threat, **kw).points
     out[3] = float("nan")
-    return out
+    return AttackResult(out)
 
 
-def capped_eps(model, x, y, eps, norm, **kw):
-    return real(model, x, y, min(eps, 0.05), norm, **kw)
+def capped_eps(model, x, y, threat, **kw):
+    return real(model, x, y, threat.with_eps(min(threat.eps, 0.05)), **kw)
 
 
-def shrinking_eps(model, x, y, eps, norm, **kw):
-    return real(model, x, y, eps if eps <= 0.1 else eps / 10, norm, **kw)
+def shrinking_eps(model, x, y, threat, **kw):
+    return real(model, x, y, threat if threat.eps <= 0.1 else threat.with_eps(threat.eps / 10), **kw)
 
 
-def tiny_step(model, x, y, eps, norm, steps=20, restarts=1, generator=None):
-    return pgd(model, x, y, eps, norm, steps=steps, restarts=restarts, step_size=eps / 20, generator=generator)
+def tiny_step(model, x, y, threat, steps=20, restarts=1, generator=None):
+    return pgd(model, x, y, threat, steps=steps, restarts=restarts, step_size=threat.eps / 20, generator=generator)
 
 
 # ------------------------------------------------------------------------------------------------
 def test_points_check(net):
     model, x, y = net
-    checks.check_points(x, real(model, x, y, 0.3, "linf"), STD)
+    checks.check_points(x, real(model, x, y, STD).points, STD)
     with pytest.raises(SanityCheckError, match="outside the linf ball"):
-        checks.check_points(x, no_projection(model, x, y, 0.3, "linf"), STD)
+        checks.check_points(x, no_projection(model, x, y, STD).points, STD)
     with pytest.raises(SanityCheckError, match="non-finite"):
-        checks.check_points(x, returns_nan(model, x, y, 0.3, "linf"), STD)
+        checks.check_points(x, returns_nan(model, x, y, STD).points, STD)
     with pytest.raises(SanityCheckError, match=r"outside \[0, 1\]"):
         checks.check_points(x, x + 0.01, ThreatModel("linf", 0.1))
 
 
 def test_flags_check(net):
     model, x, y = net
-    adv = real(model, x, y, 0.1, "linf")
+    adv = real(model, x, y, ThreatModel("linf", 0.1)).points
     with torch.no_grad():
         clean = model(x).argmax(1) == y
         honest = clean & (model(adv).argmax(1) == y)
@@ -106,7 +108,8 @@ def test_flags_check(net):
 
 def _curve(attack, model, x, y, grid):
     return pd.DataFrame([{"norm": "linf", "eps": e, "attack": "a",
-                          "robust_acc": checks.robust_accuracy(model, x, y, attack(model, x, y, e, "linf"))}
+                          "robust_acc": checks.robust_accuracy(model, x, y,
+                                                               attack(model, x, y, ThreatModel("linf", e)).points)}
                          for e in grid])
 
 
@@ -120,10 +123,10 @@ def test_monotone_check(net):
 
 def test_large_eps_check(net):
     model, x, y = net
-    out = checks.check_large_eps(real, model, x, y, "linf", 1.0, num_classes=10)
+    out = checks.check_large_eps(real, model, x, y, ThreatModel("linf", 1.0), num_classes=10)
     assert out["robust_acc"] <= 0.15
     with pytest.raises(SanityCheckError, match="chance"):
-        checks.check_large_eps(capped_eps, model, x, y, "linf", 1.0, num_classes=10)
+        checks.check_large_eps(capped_eps, model, x, y, ThreatModel("linf", 1.0), num_classes=10)
 
 
 def test_budget_check(net):
@@ -162,7 +165,8 @@ def test_undefended_check(net):
 # --- robustness tables ----------------------------------------------------------------------------
 def test_evaluate_attacks_worst_case_table(net, tmp_path):
     model, x, y = net
-    attacks = {"fgsm": partial(fgsm, eps=0.1), "pgd": partial(pgd, eps=0.1, steps=10),
+    attacks = {"fgsm": partial(fgsm, threat=ThreatModel("linf", 0.1)),
+               "pgd": partial(pgd, threat=ThreatModel("linf", 0.1), steps=10),
                "recoloradv": recoloradv}
     pts: dict = {}
     table = evaluate_attacks(model, x, y, attacks, index=range(100, 148),
@@ -178,16 +182,15 @@ def test_evaluate_attacks_worst_case_table(net, tmp_path):
     save_results(table, tmp_path / "r.csv")
     pd.testing.assert_frame_equal(load_results(tmp_path / "r.csv"), table, check_like=True)
     with pytest.raises(SanityCheckError):
-        evaluate_attacks(model, x, y, {"broken": partial(no_projection, eps=0.1, norm="linf")},
+        evaluate_attacks(model, x, y, {"broken": partial(no_projection, threat=ThreatModel("linf", 0.1))},
                          threats={"broken": ThreatModel("linf", 0.1)})
     with pytest.raises(NotApplicable):
         recoloradv(model, x, y)
 
 
-def _global_rng_attack(model, x, y, eps, record):
-    """Uses the global RNG (as LPA does without a generator) and reports through ``record``."""
-    record["calls"] = record.get("calls", 0) + 1
-    return (x + eps * torch.randn(x.shape).sign()).clamp(0, 1)
+def _global_rng_attack(model, x, y, eps):
+    """Uses the global RNG (as LPA does without a generator) and reports through ``info``."""
+    return AttackResult((x + eps * torch.randn(x.shape).sign()).clamp(0, 1), {"calls": 1, "flow": x})
 
 
 def _raises_check(model, x, y):
@@ -198,34 +201,34 @@ def _raises_check(model, x, y):
 
 def test_evaluate_attacks_in_worker_processes_matches_one_process(net):
     model, x, y = net
-    rec1: dict = {}
-    rec2: dict = {}
+    threat = ThreatModel("linf", 0.1)
 
-    def attacks(rec):
-        return {"pgd": partial(pgd, eps=0.1, steps=5, restarts=2, generator=torch.Generator().manual_seed(3)),
-                "noise": partial(_global_rng_attack, eps=0.3, record=rec), "fgsm": partial(fgsm, eps=0.1),
+    def attacks():
+        return {"pgd": partial(pgd, threat=threat, steps=5, restarts=2, generator=torch.Generator().manual_seed(3)),
+                "noise": partial(_global_rng_attack, eps=0.3), "fgsm": partial(fgsm, threat=threat),
                 "recoloradv": recoloradv}
 
     pts1: dict = {}
     pts2: dict = {}
-    t1 = evaluate_attacks(model, x, y, attacks(rec1), points=pts1, seed=7)
+    t1 = evaluate_attacks(model, x, y, attacks(), points=pts1, seed=7)
     before = torch.random.get_rng_state()
-    t2 = evaluate_attacks(model, x, y, attacks(rec2), points=pts2, seed=7, processes=2)
+    t2 = evaluate_attacks(model, x, y, attacks(), points=pts2, seed=7, processes=2)
     assert torch.equal(before, torch.random.get_rng_state())  # the caller's RNG is untouched
     pd.testing.assert_frame_equal(t1, t2)
     assert t1.attrs["not_applicable"] == t2.attrs["not_applicable"]
     assert set(t2.attrs["seconds"]) == {"pgd", "noise", "fgsm"}
     for k in pts1:
         assert torch.equal(pts1[k], pts2[k]), k
-    assert rec1 == rec2 == {"calls": 1}  # the worker's record reaches the caller
+    # the scalars of the worker's AttackResult.info reach the caller (tensors stay with the points)
+    assert t1.attrs["info"]["noise"] == t2.attrs["info"]["noise"] == {"calls": 1}
     # an evaluation check raised in a worker reaches the caller as itself
     from robustlib.attacks.common import AttackCheckError
 
     with pytest.raises(AttackCheckError) as err:
-        evaluate_attacks(model, x, y, {"fgsm": partial(fgsm, eps=0.1), "bad": _raises_check}, processes=2)
+        evaluate_attacks(model, x, y, {"fgsm": partial(fgsm, threat=threat), "bad": _raises_check}, processes=2)
     assert err.value.flag == "zero_gradients"
     with pytest.raises(ValueError, match="processes"):
-        evaluate_attacks(model, x, y, {"fgsm": partial(fgsm, eps=0.1)}, processes=0)
+        evaluate_attacks(model, x, y, {"fgsm": partial(fgsm, threat=threat)}, processes=0)
 
 
 def test_robustness_curve_is_tidy(net):
@@ -252,3 +255,20 @@ def test_nested_curve_keeps_points_broken_at_a_smaller_eps(net):
     checks.check_monotone_in_eps(weak[weak.attack == "pgd_nested"])
     with pytest.raises(ValueError, match="eps"):
         robustness_curve(model, x, y, "linf", [0.1, -1.0])
+
+
+def test_masking_signs_are_recorded_not_fatal(net):
+    """PGD weaker than FGSM (on the curve) and PGD rising with eps are recorded as flags by the attack
+    stage's checks; the reported worst case already takes every attack per example."""
+    model, x, y = net
+    lin = ThreatModel("linf", 0.1)
+    table = evaluate_attacks(model, x, y, {"fgsm_linf": partial(fgsm, threat=lin),
+                                           "pgd_linf": partial(pgd, threat=lin, steps=5)},
+                             groups={"fgsm_linf": "linf", "pgd_linf": "linf"})
+    curve = pd.DataFrame([("linf", 0.05, "pgd", 0.6), ("linf", 0.05, "fgsm", 0.5), ("linf", 0.1, "pgd", 0.7),
+                          ("linf", 0.1, "fgsm", 0.8)], columns=["norm", "eps", "attack", "robust_acc"])
+    params = {"attack": {"pgd_steps": 5, "pgd_restarts": 1, "linf_eps": 0.1,
+                         "sanity": {"large_eps": {"linf": 1.0, "l2": 30.0}, "budget_tol": 1.0}}}
+    out = checks.evaluation_sanity_checks(model, x, y, curve, table, "r", params, 10, seed=0, index=range(48))
+    assert out["pgd_weaker_than_fgsm"] == ["linf eps=0.05: PGD 0.6000 > FGSM 0.5000 (curve)"]
+    assert "rises" in out["pgd_nonmonotone"] and out["budget_linf"]["unconverged"] is None

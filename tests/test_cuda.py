@@ -56,10 +56,10 @@ def test_attacks_and_bounds_on_cuda():
     x, y = _data(48, (1, 28, 28))
     model_c, xc, yc = model.cuda(), x.cuda(), y.cuda()
     threat = ThreatModel("linf", 0.1)
-    for adv in (fgsm(model_c, xc, yc, 0.1, "linf"), pgd(model_c, xc, yc, 0.1, "linf", steps=10, restarts=2),
-                autoattack(model_c, xc, yc, 0.1, "linf")):
-        assert adv.is_cuda and bool(threat.contains(adv, xc).all())
-    table = evaluate_attacks(model_c, xc, yc, {"pgd": lambda m, a, b: pgd(m, a, b, 0.1, "linf", steps=5)},
+    for res in (fgsm(model_c, xc, yc, threat), pgd(model_c, xc, yc, threat, steps=10, restarts=2),
+                autoattack(model_c, xc, yc, threat)):
+        assert res.points.is_cuda and bool(threat.contains(res.points, xc).all())
+    table = evaluate_attacks(model_c, xc, yc, {"pgd": lambda m, a, b: pgd(m, a, b, threat, steps=5)},
                              processes=2)  # processes falls back to 1 on CUDA
     assert len(table) == 48
     net = to_sequential(model)

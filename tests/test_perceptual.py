@@ -15,7 +15,6 @@ from torch import nn
 from robustlib.attacks import NotApplicable, jpeg, lpa, ppgd, recoloradv, stadv
 from robustlib.attacks.perceptual.jpeg import block_dct, decode_change, encode, num_coefficients, rgb_to_ycbcr
 from robustlib.attacks.perceptual.lpa import lpips_distance, lpips_features, newton_project
-from robustlib.attacks.perceptual.optimize import AdamStep, SignStep, ascend_params
 from robustlib.attacks.perceptual.recoloradv import (
     apply_color_function,
     interpolate,
@@ -80,33 +79,6 @@ def _valid(x_adv, x):
     assert x_adv.shape == x.shape and torch.isfinite(x_adv).all() and x_adv.min() >= 0 and x_adv.max() <= 1
 
 
-# --- shared engine ----------------------------------------------------------------------------------
-def test_adam_step_matches_torch_adam():
-    g = torch.Generator().manual_seed(0)
-    theta = torch.randn(3, 5, generator=g)
-    p = theta.clone().requires_grad_(True)
-    opt = torch.optim.Adam([p], lr=0.01)
-    step, state = AdamStep(0.01), AdamStep(0.01).init(theta)
-    for _ in range(4):
-        grad = torch.randn(3, 5, generator=g)
-        theta = step(theta, grad, state)  # ascent on grad == torch's descent on -grad
-        opt.zero_grad()
-        p.grad = -grad
-        opt.step()
-    torch.testing.assert_close(theta, p.detach())
-
-
-def test_ascend_params_keeps_best_iterate():
-    """A loss that first rises then falls along the steps: the returned point is the best iterate."""
-    model = nn.Linear(1, 2, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[0.0], [1.0]]))
-    x, y = torch.zeros(1, 1), torch.tensor([0])
-    render = lambda xx, t: xx + (t - t.pow(2))  # margin z_1 - z_0 = t - t^2, largest at t = 0.5  # noqa: E731
-    img, theta = ascend_params(model, x, y, torch.zeros(1, 1), render, lambda t: t, 10, SignStep(0.25))
-    assert float(theta) == 0.5 and torch.equal(img, render(x, theta))
-
-
 # --- StAdv ------------------------------------------------------------------------------------------
 def test_warp_matches_grid_sample_and_zero_flow_is_identity():
     g = torch.Generator().manual_seed(0)
@@ -132,7 +104,8 @@ def test_flow_smoothness_matches_loop():
 
 def test_stadv_flow_bound_and_strength(mnist_net):
     model, x, y = mnist_net
-    adv, flow = stadv(model, x, y, eps=0.05, steps=30, return_flow=True)
+    res = stadv(model, x, y, eps=0.05, steps=30)
+    adv, flow = res.points, res.info["flow"]
     _valid(adv, x)
     assert flow.abs().max() <= 0.05 and in_stadv_set(x, adv, flow, 0.05).all()
     torch.testing.assert_close(adv, warp(x, flow))
@@ -187,9 +160,9 @@ def test_jpeg_colour_is_420_and_decode_inverts_encode():
 
 def test_jpeg_budget_and_strength(mnist_net):
     model, x, y = mnist_net
-    assert torch.equal(jpeg(model, x, y, eps=0.25, steps=0, generator=None) * 0 + x, x)  # shapes agree
-    adv, v = jpeg(model, x, y, eps=0.25, steps=20, generator=torch.Generator().manual_seed(0),
-                  return_variable=True)
+    assert torch.equal(jpeg(model, x, y, eps=0.25, steps=0, generator=None).points * 0 + x, x)  # shapes agree
+    res = jpeg(model, x, y, eps=0.25, steps=20, generator=torch.Generator().manual_seed(0))
+    adv, v = res.points, res.info["variable"]
     _valid(adv, x)
     assert v.abs().max() <= 0.25 and v.shape == (len(y), 32 * 32)  # MNIST is padded to 32
     torch.testing.assert_close(adv, (x + decode_change(0.5 * v, 1, 28, 28)).clamp(0, 1))
@@ -242,7 +215,8 @@ def test_lattice_smoothness_matches_loop():
 def test_recoloradv_budget_and_strength(colour_net):
     model, x, y = colour_net
     assert _acc(model, x, y) > 0.8
-    adv, offsets = recoloradv(model, x, y, eps=0.06, steps=30, lr=0.01, resolution=(4, 8, 8), return_offsets=True)
+    res = recoloradv(model, x, y, eps=0.06, steps=30, lr=0.01, resolution=(4, 8, 8))
+    adv, offsets = res.points, res.info["offsets"]
     _valid(adv, x)
     assert offsets.abs().max() <= 0.06 and offsets.shape == (len(y), 4, 8, 8, 3)
     torch.testing.assert_close(adv, apply_color_function(x, offsets))
@@ -324,7 +298,7 @@ def test_newton_projection_lands_inside_and_leaves_inside_points_alone(lpips_net
 def test_nptm_attacks_stay_in_the_lpips_ball_and_fool(attack, kw, lpips_net, mnist_net):
     model, x, y = mnist_net
     x, y = x[:16], y[:16]  # keeps the suite short: each step is several LPIPS passes
-    adv = attack(model, x, y, lpips_net=lpips_net, eps=0.5, generator=torch.Generator().manual_seed(0), **kw)
+    adv = attack(model, x, y, lpips_net=lpips_net, eps=0.5, generator=torch.Generator().manual_seed(0), **kw).points
     _valid(adv, x)
     with torch.no_grad():
         assert (lpips_distance(lpips_net, x, adv) <= 0.5).all()

@@ -15,8 +15,8 @@ import pytest
 pytestmark = pytest.mark.pipeline
 
 
-def _run(cmd, cwd):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+def _run(cmd, cwd, **extra_env):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env)
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
     return res.stdout + res.stderr
@@ -38,7 +38,9 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     dvc = str(Path(sys.executable).with_name("dvc"))
     _run([sys.executable, "-m", "robustlib.params", "use", "smoke"], ws)
     _run([sys.executable, "-m", "robustlib.params", "check"], ws)
-    _run([dvc, "repro"], ws)
+    reads_log = tmp_path / "params_reads.jsonl"
+    _run([dvc, "repro"], ws, ROBUSTLIB_PARAMS_LOG=str(reads_log))
+    _check_declared_params(ws / "dvc.lock", reads_log)
     for f in ("reports/tables/train_summary.md", "reports/tables/table1_attacks.md",
               "reports/tables/table2_verification.md", "reports/tables/certified.md",
               "reports/tables/ablation_table3.md", "reports/tables/ablation_sweep.md",
@@ -67,3 +69,42 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     explore = (ws / "runs" / "explore" / "reports" / "report.md").read_text()
     assert "_missing" not in explore and "Table 4 analog" in explore
     assert {p: p.stat().st_mtime_ns for p in (ws / "reports").rglob("*") if p.is_file()} == before
+
+
+def _check_declared_params(lock_file: Path, reads_log: Path) -> None:
+    """Each stage's declared ``params:`` (as resolved in dvc.lock) are exactly what it reads: every read
+    lies under a declared key (per stage), and every declared key is read (by some instance of a
+    ``foreach`` stage: a read may depend on the run, e.g. the MILP runs) (robustlib.stages.common.ReadLog)."""
+    import yaml
+
+    lock = yaml.safe_load(lock_file.read_text())["stages"]
+    reads: dict[str, set[str]] = {}
+    for line in reads_log.read_text().splitlines():
+        rec = json.loads(line)
+        reads.setdefault(rec["stage"], set()).add(rec["path"])
+
+    def generic(stage: str, paths) -> set[str]:  # runs.<key> of attack@<key> -> runs.@
+        key = stage.partition("@")[2]
+        return {".".join("@" if key and part == key else part for part in p.split(".")) for p in paths}
+
+    def under(p: str, d: str) -> bool:
+        return p == d or p.startswith(d + ".")
+
+    problems, family_reads, family_declared = [], {}, {}
+    for stage, entry in lock.items():
+        declared = set((entry.get("params") or {}).get("params.yaml", {}))
+        read = reads.get(stage, set())
+        if not read:
+            problems.append(f"{stage}: no params reads logged")
+        undeclared = sorted(r for r in read if not any(under(r, d) for d in declared))
+        if undeclared:
+            problems.append(f"{stage}: reads undeclared {undeclared}")
+        family = stage.partition("@")[0]
+        family_reads.setdefault(family, set()).update(generic(stage, read))
+        family_declared.setdefault(family, set()).update(generic(stage, declared))
+    for family, declared in family_declared.items():
+        read = family_reads[family]
+        unread = sorted(d for d in declared if not any(under(r, d) or under(d, r) for r in read))
+        if unread:
+            problems.append(f"{family}: declares unread {unread}")
+    assert not problems, "dvc.yaml params differ from what the stages read:\n" + "\n".join(problems)

@@ -29,7 +29,15 @@ import logging
 import torch
 from torch import nn
 
-from robustlib.attacks.common import AttackCheckError, check_count, check_inputs, chunks, eval_mode
+from robustlib.attacks.common import (
+    AttackCheckError,
+    AttackResult,
+    check_count,
+    check_inputs,
+    check_threat,
+    chunks,
+    eval_mode,
+)
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
@@ -94,17 +102,17 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks_to_ru
         checks.check_n_classes(n_cls, attacks_to_run, apgd_targets, fab_targets, logger=_FatalLogger("n_classes"))
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
-               version: str = "standard", seed: int = 0, batch_size: int = 500,
-               square_escalation: int = 2, record: dict | None = None) -> torch.Tensor:
-    """AutoAttack ``version`` (standard: APGD-CE, APGD-T, FAB-T, Square) in the ``norm`` ball of radius
-    ``eps``. Returns a point for every example: the adversarial point where an attack succeeded, the
-    clean input otherwise (robust, or already misclassified). Raises ``AttackCheckError`` when any
-    of AutoAttack's checks flags the model on any batch. ``square_escalation``: see the module notes.
-    ``record``, if a dict, receives ``square_stronger`` (did the flag fire), ``escalated`` (examples
-    re-attacked) and ``escalation_hits`` (of those, broken by the re-run)."""
-    threat = ThreatModel(norm, eps)
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, version: str = "standard",
+               seed: int = 0, batch_size: int = 500, square_escalation: int = 2) -> AttackResult:
+    """AutoAttack ``version`` (standard: APGD-CE, APGD-T, FAB-T, Square) in the ``threat`` ball. Returns
+    a point for every example: the adversarial point where an attack succeeded, the clean input
+    otherwise (robust, or already misclassified). Raises ``AttackCheckError`` when any of AutoAttack's
+    checks flags the model on any batch. ``square_escalation``: see the module notes. ``info``:
+    ``square_stronger`` (did the flag fire), ``escalated`` (examples re-attacked) and
+    ``escalation_hits`` (of those, broken by the re-run)."""
     check_inputs(x, y)
+    check_threat(threat)
+    eps, norm = threat.eps, threat.norm
     if version not in VERSIONS:
         raise ValueError(f"unknown AutoAttack version {version!r}; expected one of {VERSIONS}")
     batch_size = check_count("batch_size", batch_size, 1)
@@ -113,7 +121,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
 
     x = x.detach()
     if x.shape[0] == 0 or threat.eps == 0:
-        return x.clone()
+        return AttackResult(x.clone(), {"square_stronger": False, "escalated": 0, "escalation_hits": 0})
     device = x.device
     with eval_mode(model):
         aa = AutoAttack(model, device=device, eps=float(eps), norm=_NORMS[norm], seed=int(seed), version=version)
@@ -135,9 +143,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
                                            square_escalation)
     elif square_stronger:
         logger.warning("autoattack: Square beat the gradient attacks; square_escalation=0, not re-run")
-    if record is not None:
-        record.update(square_stronger=square_stronger, escalated=escalated,
-                      escalation_hits=escalated - int(survived.sum()) if escalated else 0)
+    info = {"square_stronger": square_stronger, "escalated": escalated,
+            "escalation_hits": escalated - int(survived.sum()) if escalated else 0}
     blind = survived.clone()
     if bool(survived.any()):
         blind[survived] = zero_jacobian(model, x[survived])
@@ -148,7 +155,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         raise AttackCheckError("zero_gradients", f"{len(idx)} example(s) (positions {idx[:10]}) survived every "
                                "AutoAttack component with an exactly zero input Jacobian of the logits: gradient "
                                "attacks cannot see them, so their robustness is not established")
-    return x_adv.detach()
+    return AttackResult(x_adv.detach(), info)
 
 
 def _certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:

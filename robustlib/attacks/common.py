@@ -1,12 +1,24 @@
-"""Helpers shared by every attack: input validation, eval mode, exceptions."""
+"""What every attack shares: its result type, input validation, eval mode, exceptions."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+
+
+@dataclass
+class AttackResult:
+    """What every attack returns: per example the adversarial point it found (the clean input where
+    it found none, or where the model already errs), and ``info``: what the attack reports beside the
+    points (e.g. AutoAttack's Square flag, StAdv's flow), picklable, kept with the results."""
+
+    points: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class NotApplicable(ValueError):
@@ -38,6 +50,15 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
                          f"{getattr(y, 'dtype', '')} {tuple(getattr(y, 'shape', ()))}")
     if x.numel() and not bool(torch.isfinite(x).all() and (x.min() >= 0) and (x.max() <= 1)):
         raise ValueError("x must be finite images in [0, 1]")
+
+
+def check_threat(threat: object) -> None:
+    """A clear, early error for a threat model given as anything but a ``ThreatModel``."""
+    from robustlib.threat import ThreatModel
+
+    if not isinstance(threat, ThreatModel):
+        raise TypeError(f"threat must be a robustlib.threat.ThreatModel (e.g. ThreatModel('linf', 0.3)), got "
+                        f"{type(threat).__name__} {threat!r}")
 
 
 def check_count(name: str, value: int, minimum: int) -> int:

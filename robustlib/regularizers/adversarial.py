@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlib.attacks.ascent import ascend
+from robustlib.attacks.ascent import SteepestStep, ascend, ball_problem, cross_entropy, maximize
 from robustlib.regularizers.core import StepContext, Term, register_term
 
 logger = logging.getLogger(__name__)
@@ -57,23 +57,15 @@ def kl_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
 
 def pgd_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext, steps: int,
                step_size: float | None, restarts: int = 1, random_start: bool = True) -> torch.Tensor:
-    """PGD on the cross-entropy (Madry et al. 2018) with ``restarts``, keeping per example the
-    restart with the highest loss."""
+    """PGD on the cross-entropy (Madry et al. 2018): the last iterate with one restart; with
+    ``restarts > 1``, per example the evaluated iterate of highest loss over every step and restart."""
     ce = lambda logits: F.cross_entropy(logits, y, reduction="none")  # noqa: E731
-    best, best_loss = None, None
-    for _ in range(restarts):
-        x_adv = ascend(model, x, ce, ctx.threat, steps, step_size, random_start, ctx.generator)
-        if restarts == 1:
-            return x_adv
-        with torch.no_grad():
-            loss = ce(model(x_adv))
-        if best is None:
-            best, best_loss = x_adv, loss
-        else:
-            better = loss > best_loss
-            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
-            best_loss = torch.where(better, loss, best_loss)
-    return best
+    if restarts == 1:
+        return ascend(model, x, ce, ctx.threat, steps, step_size, random_start, ctx.generator)
+    size = ctx.threat.default_step_size(steps) if step_size is None else float(step_size)
+    problem = ball_problem(x, cross_entropy(y), ctx.threat, random_start=random_start, generator=ctx.generator)
+    return maximize(model, problem, steps, SteepestStep(size, ctx.threat.norm), restarts=restarts,
+                    keep="objective").points
 
 
 @register_term

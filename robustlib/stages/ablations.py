@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 def run(params_file: str = "params.yaml", output_root: str = ".", input_root: str | None = None) -> dict[str, Any]:
     """Write Table 3 and the sweep (table and figure) under ``output_root`` from the per-run results
     under ``input_root`` (default: ``output_root``)."""
-    env = setup(params_file, output_root)
+    env = setup(params_file, output_root, "ablations")
     inp = input_dir(env, input_root)
     ab = env.params["ablations"]
     for r in [*ab["table_runs"], *ab["sweep_runs"]]:

@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from robustlib import checks, paths
+from robustlib import checks, paths, results
 from robustlib.attacks import autoattack, fgsm, pgd, transfer
-from robustlib.attacks.perceptual import NEEDS_LPIPS, PERCEPTUAL_ATTACKS
-from robustlib.data import dataset_info
+from robustlib.attacks.perceptual import NEEDS_LPIPS, PERCEPTUAL_ATTACKS, THREAT_OF
+from robustlib.data import Split, dataset_info
 from robustlib.io import load_model, read_json, write_json
 from robustlib.parallel import Background
-from robustlib.params import all_runs
-from robustlib.robustness import evaluate_attacks, robustness_curves, save_results
+from robustlib.params import all_runs, has_run
+from robustlib.robustness import evaluate_attacks, robustness_curves
 from robustlib.stages.common import StageEnv, setup, test_examples
 from robustlib.threat import ThreatModel
 
@@ -31,19 +31,18 @@ logger = logging.getLogger(__name__)
 
 def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
     """Attack named run ``run``; write per-example results, curves and metrics; return the metrics."""
-    env = setup(params_file, output_root)
+    env = setup(params_file, output_root, f"attack@{run}")
     ap = env.params["attack"]
-    if run not in all_runs(env.params):
+    if not has_run(env.params, run):
         raise ValueError(f"unknown run {run!r}; runs: {all_runs(env.params)}")
     t_start = time.perf_counter()
     model = load_model(paths.model_path(env.out, run)).to(env.device)
     x, y, idx = test_examples(env, run, int(ap["n_test"]))
     x, y = x.to(env.device), y.to(env.device)
     seed = int(env.params["base"]["seed"])
-    info = dataset_info(env.params["data"]["dataset"])
+    info = dataset_info(Split.load(paths.split_path(env.out, run)).dataset)
     linf, l2 = ThreatModel("linf", float(ap["linf_eps"])), ThreatModel("l2", float(ap["l2_eps"]))
     steps, restarts, bs = int(ap["pgd_steps"]), int(ap["pgd_restarts"]), int(ap["batch_size"])
-    aa_record: dict[str, dict] = {"linf": {}, "l2": {}}  # AutoAttack's Square flag and escalation, per norm
     aa = partial(autoattack, version=ap["autoattack_version"], seed=seed, batch_size=bs,
                  square_escalation=int(ap["square_escalation"]))
 
@@ -51,19 +50,18 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
         return torch.Generator(device=x.device).manual_seed(seed)
 
     attacks = {
-        "fgsm_linf": partial(fgsm, eps=linf.eps, norm="linf"),
-        "pgd_linf": partial(pgd, eps=linf.eps, norm="linf", steps=steps, restarts=restarts, generator=gen(),
-                            batch_size=bs),
-        "aa_linf": partial(aa, eps=linf.eps, norm="linf", record=aa_record["linf"]),
-        "pgd_l2": partial(pgd, eps=l2.eps, norm="l2", steps=steps, restarts=restarts, generator=gen(), batch_size=bs),
-        "aa_l2": partial(aa, eps=l2.eps, norm="l2", record=aa_record["l2"]),
+        "fgsm_linf": partial(fgsm, threat=linf),
+        "pgd_linf": partial(pgd, threat=linf, steps=steps, restarts=restarts, generator=gen(), batch_size=bs),
+        "aa_linf": partial(aa, threat=linf),
+        "pgd_l2": partial(pgd, threat=l2, steps=steps, restarts=restarts, generator=gen(), batch_size=bs),
+        "aa_l2": partial(aa, threat=l2),
     }
     threats = {"fgsm_linf": linf, "pgd_linf": linf, "aa_linf": linf, "pgd_l2": l2, "aa_l2": l2}
     source = ap.get("transfer_from")
     if source and source != run:
         src_model = load_model(paths.model_path(env.out, source)).to(env.device)
-        attacks["transfer_linf"] = partial(_transfer_attack, src_model, eps=linf.eps, steps=steps, restarts=restarts,
-                                           seed=seed, batch_size=bs)
+        attacks["transfer_linf"] = partial(transfer, src_model, threat=linf, steps=steps, restarts=restarts,
+                                           generator=gen(), batch_size=bs)
         threats["transfer_linf"] = linf
     lpips_net, lpips_info = None, None
     for name, eps in (ap.get("perceptual") or {}).items():
@@ -75,27 +73,22 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
                 lpips_net, lpips_info = _lpips_network(env)
             kwargs["lpips_net"] = lpips_net
         attacks[name] = partial(PERCEPTUAL_ATTACKS[name], **kwargs)
-    group = {**{a: t.norm for a, t in threats.items()}, **{a: THREAT_GROUP.get(a, a) for a in attacks
-                                                              if a not in threats}}
+    group = {**{a: t.norm for a, t in threats.items()}, **{a: THREAT_OF[a] for a in attacks if a not in threats}}
 
     processes = int(ap["processes"]) if x.device.type == "cpu" else 1
     n_curve = int(ap["curve_n"])
     grids = {n: ap[f"curve_{n}_eps"] for n in ("linf", "l2")}
     curves = Background(robustness_curves, model, x[:n_curve], y[:n_curve], grids, steps, restarts, seed, bs,
                         enabled=processes > 1)  # alongside the attacks
-    table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, batch_size=bs, seed=seed,
-                             processes=processes)
-    for threat_name in dict.fromkeys(group.values()):  # worst case per threat model, over its attacks
-        cols = [f"robust_{a}" for a, g in group.items() if g == threat_name and f"robust_{a}" in table]
-        if cols:
-            table[f"worst_{threat_name}"] = table[["clean_correct", *cols]].all(axis=1)
-    save_results(table, paths.attack_results_path(env.out, run))
+    table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, groups=group, batch_size=bs,
+                             seed=seed, processes=processes)  # worst case per threat model, over its attacks
+    results.save_results(table, paths.attack_results_path(env.out, run))
     not_applicable = dict(table.attrs.get("not_applicable", {}))
     seconds = dict(table.attrs.get("seconds", {}))
     t_curve = time.perf_counter()
     curve = curves.result()
     for norm, threat in (("linf", linf), ("l2", l2)):  # AutoAttack points at the standard eps (all n examples)
-        curve.loc[len(curve)] = [norm, threat.eps, "autoattack", float(table[f"robust_aa_{norm}"].mean())]
+        curve.loc[len(curve)] = [norm, threat.eps, "autoattack", float(table[results.robust(f"aa_{norm}")].mean())]
     curve_path = paths.attack_curve_path(env.out, run)
     curve_path.parent.mkdir(parents=True, exist_ok=True)
     curve.to_csv(curve_path, index=False, float_format="%.6g")
@@ -115,25 +108,18 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
         "n": len(idx),
         "linf_eps": linf.eps,
         "l2_eps": l2.eps,
-        "clean_acc": float(table["clean_correct"].mean()),
-        **{f"{c.removeprefix('robust_')}_acc": float(table[c].mean()) for c in table if c.startswith("robust_")},
-        **{f"{c}_acc": float(table[c].mean()) for c in table if c.startswith("worst_")},
+        **results.accuracies(table),
         "perceptual_budgets": {k: float(v) for k, v in (ap.get("perceptual") or {}).items()},
         "lpips_network": lpips_info,
         "not_applicable": not_applicable,
         "sanity": sanity,
         "autoattack": {"version": ap["autoattack_version"], "square_escalation": int(ap["square_escalation"]),
-                       **aa_record},
+                       **{n: table.attrs["info"].get(f"aa_{n}", {}) for n in ("linf", "l2")}},
         "seconds": seconds,
         "minutes": round((time.perf_counter() - t_start) / 60, 3),
     }
     write_json(metrics, paths.attack_metrics_path(env.out, run))
     return metrics
-
-
-THREAT_GROUP = {"lpa": "nptm", "ppgd": "nptm"}
-"""Perceptual attacks that share a threat model (LPA and PPGD: the LPIPS ball); any other perceptual
-attack is its own threat model."""
 
 
 def _lpips_network(env: StageEnv):
@@ -144,8 +130,3 @@ def _lpips_network(env: StageEnv):
                                 f"(`dvc repro lpips`)")
     info = read_json(paths.lpips_metrics_path(env.out))
     return load_model(path).to(env.device), {k: info[k] for k in ("model", "sha256", "test_acc", "epochs")}
-
-
-def _transfer_attack(source, model, x, y, eps, steps, restarts, seed, batch_size):
-    return transfer(source, model, x, y, eps=eps, norm="linf", steps=steps, restarts=restarts,
-                    generator=torch.Generator(device=x.device).manual_seed(seed), batch_size=batch_size)

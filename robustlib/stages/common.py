@@ -3,7 +3,10 @@ the inputs several stages share (the run's test examples, the cross-run stages' 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,10 +49,74 @@ def test_examples(env: StageEnv, run: str, n: int) -> tuple[torch.Tensor, torch.
     return test.images(idx), test.labels(idx), idx
 
 
-def setup(params_file: str, output_root: str) -> StageEnv:
-    """Validate ``params_file`` (relative to the project root), set torch threads, pick the device."""
+PARAMS_LOG = "ROBUSTLIB_PARAMS_LOG"
+"""Environment variable: a file to which every stage appends the params it reads (``ReadLog``); the
+pipeline test compares them with the ``params:`` that dvc.yaml declares for the stage."""
+
+
+class ReadLog(dict):
+    """Params (a dict) that append the dotted path of every value read to a JSON-lines file, with the
+    stage's DVC name: a leaf read by ``[]``/``get`` (also a missing key), or a whole section read by
+    ``items()``/``values()`` (or anything built on them, e.g. JSON), and ``<path>.*`` when its keys are
+    listed (the set of names, e.g. of the runs). Copies are plain dicts whose leaves were read.
+    Membership tests (``in``) and ``len`` are not recorded."""
+
+    def __init__(self, data: Any = (), stage: str = "", file: Path | None = None, path: str = "",
+                 seen: set | None = None) -> None:
+        super().__init__(data)
+        self._stage, self._file, self._path = stage, file, path
+        self._seen = set() if seen is None else seen
+
+    def __reduce__(self):  # copies (deepcopy, pickle) are plain dicts: the log stays with the stage's params
+        return dict, (dict(self),)
+
+    def _record(self, path: str) -> None:
+        if self._file is not None and path not in self._seen:
+            self._seen.add(path)
+            with open(self._file, "a") as f:
+                f.write(json.dumps({"stage": self._stage, "path": path}) + "\n")
+
+    def _sub(self, key: Any) -> str:
+        return f"{self._path}.{key}" if self._path else str(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        if isinstance(value, dict):
+            return ReadLog(value, self._stage, self._file, self._sub(key), self._seen)
+        self._record(self._sub(key))
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            return self[key]
+        self._record(self._sub(key))
+        return default
+
+    def __iter__(self):  # listing the keys reads the structure: ``<path>.*``
+        self._record(f"{self._path}.*" if self._path else "*")
+        return iter(list(super().keys()))
+
+    def keys(self):
+        return list(iter(self))
+
+    def items(self):
+        self._record(self._path)
+        return dict(super().items()).items()
+
+    def values(self):
+        self._record(self._path)
+        return dict(super().items()).values()
+
+
+def setup(params_file: str, output_root: str, stage: str | Callable[[dict], str] | None = None) -> StageEnv:
+    """Validate ``params_file`` (relative to the project root), set torch threads, pick the device.
+    ``stage`` (the stage's DVC name, or a function of the params giving it): with
+    ``ROBUSTLIB_PARAMS_LOG`` set, the stage's params reads are logged there (``ReadLog``)."""
     root = P.project_root()
     params = P.load(root / params_file)
+    if stage and os.environ.get(PARAMS_LOG):
+        name = stage(params) if callable(stage) else stage
+        params = ReadLog(params, name, Path(os.environ[PARAMS_LOG]))
     base = params["base"]
     torch.set_num_threads(int(base.get("threads", 2)))
     want = str(base.get("device", "auto"))

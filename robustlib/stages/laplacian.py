@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def run(params_file: str = "params.yaml", output_root: str = ".", input_root: str | None = None) -> dict[str, Any]:
     """Write Table 4 and the neighbour statistics (JSON and figure) under ``output_root`` from the
     per-run results and the sparse run's split under ``input_root`` (default: ``output_root``)."""
-    env = setup(params_file, output_root)
+    env = setup(params_file, output_root, "laplacian")
     inp = input_dir(env, input_root)
     lp = env.params["laplacian"]
     rows = []

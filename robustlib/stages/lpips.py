@@ -38,7 +38,7 @@ def file_sha256(path: str | Path) -> str:
 
 def run(params_file: str = "params.yaml", output_root: str = ".", progress: bool = True) -> dict[str, Any]:
     """Train the LPIPS network and write its checkpoint and metrics; return the metrics."""
-    env = setup(params_file, output_root)
+    env = setup(params_file, output_root, "lpips")
     cfg = lpips_config(env.params)
     data = env.params["data"]
     t0 = time.perf_counter()

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 def run(params_file: str = "params.yaml", output_root: str = ".", input_root: str | None = None) -> dict[str, Any]:
     """Write every cross-run table and figure and reports/report.md under ``output_root``, from the
     other stages' outputs under ``input_root`` (default: ``output_root``); return the main tables."""
-    env = setup(params_file, output_root)
+    env = setup(params_file, output_root, "report")
     out, inp, runs = env.out, input_dir(env, input_root), all_runs(env.params)
     tables, figures = paths.tables_dir(out), paths.figures_dir(out)
     train = [read_json(paths.train_metrics_path(inp, r)) for r in runs]

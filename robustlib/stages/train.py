@@ -26,7 +26,8 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".", prog
     Resumes from the run's per-epoch checkpoint if an earlier attempt with the same configuration
     was interrupted; deletes that checkpoint once the run has completed.
     """
-    env = setup(params_file, output_root)
+    env = setup(params_file, output_root,
+                lambda p: f"{'finetune' if run in (p.get('finetunes') or {}) else 'train'}@{run}")
     cfg = run_config(env.params, run)
     data = env.params["data"]
     seed = int(env.params["base"]["seed"])

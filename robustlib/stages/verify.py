@@ -36,8 +36,9 @@ from robustlib.bounds import ibp_certified, lipschitz_certified_radius, lipschit
 from robustlib.checks import SanityCheckError
 from robustlib.io import atomic_write, load_model, write_json
 from robustlib.parallel import Background
-from robustlib.params import all_runs, run_config
-from robustlib.robustness import evaluate_attacks, load_results
+from robustlib.params import all_runs, has_run
+from robustlib.results import INDEX, flags, load_results, robust, worst
+from robustlib.robustness import evaluate_attacks
 from robustlib.stages.common import setup, test_examples
 from robustlib.threat import ThreatModel
 from robustlib.verify import solver_settings, summarize, verify
@@ -50,15 +51,15 @@ COLUMNS = ["index", "eps", "verdict", "method", "reason", "seconds", "margin", "
 
 def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
     """Certify / verify named run ``run``; write per-example verdicts and metrics; return the metrics."""
-    env = setup(params_file, output_root)
+    env = setup(params_file, output_root, f"verify@{run}")
     vp, ap = env.params["verify"], env.params["attack"]
-    if run not in all_runs(env.params):
+    if not has_run(env.params, run):
         raise ValueError(f"unknown run {run!r}; runs: {all_runs(env.params)}")
     t0 = time.perf_counter()
     model = load_model(paths.model_path(env.out, run))
     x, y, idx = test_examples(env, run, int(vp["n_test"]))
     seed = int(env.params["base"]["seed"])
-    attack_table = load_results(paths.attack_results_path(env.out, run)).set_index("index")
+    attack_table = load_results(paths.attack_results_path(env.out, run)).set_index(INDEX)
     solver, atol, rtol = str(vp["solver"]), float(vp["margin_atol"]), float(vp["margin_rtol"])
     f32 = bool(vp["margin_float32"])
     with torch.no_grad():
@@ -77,8 +78,8 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
         entry: dict[str, Any] = {"ibp_certified_acc": float(ibp_certified(
             model, x, y, eps, margin_atol=atol, margin_rtol=rtol, margin_float32=f32).float().mean())}
         if run in vp["milp_runs"]:
-            x_adv = pgd(model, x, y, eps, "linf", steps=int(vp["pgd_steps"]), restarts=int(vp["pgd_restarts"]),
-                        generator=torch.Generator().manual_seed(seed))
+            x_adv = pgd(model, x, y, ThreatModel("linf", eps), steps=int(vp["pgd_steps"]),
+                        restarts=int(vp["pgd_restarts"]), generator=torch.Generator().manual_seed(seed)).points
             with torch.no_grad():
                 pgd_ok = clean & (model(x_adv).argmax(1) == y)
             t_milp = time.perf_counter()
@@ -102,7 +103,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
                              "detail": r.detail})
             _check_consistency(run, eps, results, idx, clean, pgd_ok, aa_ok, attack_table, float(ap["linf_eps"]))
         metrics["eps"][str(eps)] = entry
-    if run_config(env.params, run).spectral_norm:
+    if model.arch.get("spectral_norm"):  # the checkpoint's architecture record (robustlib.models.build_model)
         L = lipschitz_upper_bound(model, "l2")
         with torch.no_grad():
             radius = lipschitz_certified_radius(model(x), y, L)
@@ -145,19 +146,20 @@ def _autoattack_robust(model, x, y, idx, eps: float, ap: dict, attack_table: pd.
     succeed), in one forked worker with one torch thread (several threads on a busy small machine made
     it 6x slower). Returns the flags, their source, the seconds spent and the examples attacked."""
     if abs(eps - float(ap["linf_eps"])) < 1e-12 and set(idx) <= set(attack_table.index):
-        ok = torch.tensor(attack_table.loc[list(idx), "robust_aa_linf"].to_numpy(dtype=bool))
+        ok = torch.tensor(attack_table.loc[list(idx), robust("aa_linf")].to_numpy(dtype=bool))
         return pgd_ok & ok, "attack stage", 0.0, 0
     todo = (pgd_ok & ~verified).nonzero().flatten()
     ok = pgd_ok.clone()
     if len(todo) == 0:
         return ok, "verify stage", 0.0, 0
-    aa = partial(autoattack, eps=eps, norm="linf", version=ap["autoattack_version"], seed=seed,
+    threat = ThreatModel("linf", eps)
+    aa = partial(autoattack, threat=threat, version=ap["autoattack_version"], seed=seed,
                  batch_size=int(ap["batch_size"]), square_escalation=int(ap["square_escalation"]))
     t0 = time.perf_counter()
     table = Background(evaluate_attacks, model, x[todo], y[todo], {"aa_linf": aa}, index=[idx[i] for i in todo],
-                       threats={"aa_linf": ThreatModel("linf", eps)}, batch_size=int(ap["batch_size"]),
+                       threats={"aa_linf": threat}, batch_size=int(ap["batch_size"]),
                        seed=seed).result()
-    ok[todo] = torch.tensor(table["robust_aa_linf"].to_numpy(dtype=bool))
+    ok[todo] = flags(table, robust("aa_linf"))
     return ok, "verify stage", round(time.perf_counter() - t0, 2), len(todo)
 
 
@@ -175,7 +177,7 @@ def _check_consistency(run, eps, results, idx, clean, pgd_ok, aa_ok, attack_tabl
         raise SanityCheckError("verify_consistency", f"{run}: on these {len(idx)} examples need verified "
                                f"{frac:.4f} <= AutoAttack robust {aa:.4f} <= clean {cl:.4f} at eps={eps}")
     if abs(eps - attack_eps) < 1e-12 and set(idx) <= set(attack_table.index):
-        broken = ~attack_table.loc[list(idx), "worst_linf"].to_numpy()
+        broken = ~attack_table.loc[list(idx), worst("linf")].to_numpy()
         both = [i for i, v, b in zip(idx, verified.tolist(), broken, strict=True) if v and b]
         if both:
             raise SanityCheckError("verify_consistency", f"{run}: examples {both[:5]} are verified and also broken "

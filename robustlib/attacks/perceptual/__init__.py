@@ -11,6 +11,9 @@ from robustlib.attacks.perceptual.stadv import stadv
 PERCEPTUAL_ATTACKS = {"stadv": stadv, "recoloradv": recoloradv, "jpeg": jpeg, "lpa": lpa, "ppgd": ppgd}
 NEEDS_LPIPS = ("lpa", "ppgd")
 """Attacks that take the fixed LPIPS network (``lpips_net=``)."""
+THREAT_OF = {"stadv": "stadv", "recoloradv": "recoloradv", "jpeg": "jpeg", "lpa": "nptm", "ppgd": "nptm"}
+"""Each perceptual attack's threat model: LPA and PPGD share the LPIPS ball (NPTM), the others are
+their own; the per-example worst case is taken over the attacks of one threat model."""
 
-__all__ = ["NEEDS_LPIPS", "PERCEPTUAL_ATTACKS", "jpeg", "lpa", "lpips_distance", "lpips_features", "ppgd",
+__all__ = ["NEEDS_LPIPS", "PERCEPTUAL_ATTACKS", "THREAT_OF", "jpeg", "lpa", "lpips_distance", "lpips_features", "ppgd",
            "recoloradv", "stadv"]

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode
-from robustlib.attacks.perceptual.optimize import SignStep, ascend_params
+from robustlib.attacks.ascent import SteepestStep
+from robustlib.attacks.common import AttackCheckError, AttackResult, NotApplicable, check_count, check_inputs, eval_mode
+from robustlib.attacks.perceptual.optimize import ascend_params
 
 LUMA_Q = (
     (16, 11, 10, 16, 24, 40, 51, 61), (12, 12, 14, 19, 26, 58, 60, 55), (14, 13, 16, 24, 40, 57, 69, 56),
@@ -126,10 +127,10 @@ def num_coefficients(x: torch.Tensor) -> int:
 
 
 def jpeg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.25, steps: int = 100,
-         step_size: float | None = None, generator: torch.Generator | None = None, *, return_variable: bool = False):
+         step_size: float | None = None, generator: torch.Generator | None = None) -> AttackResult:
     """JPEG-L-inf attack (see module docstring): ``||v||_inf <= eps``, coefficient change ``v / 2``;
     sign steps on the cross-entropy of ``step_size`` (default ``eps / sqrt(steps)``) from a random
-    start. Returns ``x_adv`` (and ``v``)."""
+    start. ``info["variable"]``: ``v``."""
     check_inputs(x, y)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise NotApplicable(f"the JPEG attack needs 1- or 3-channel images, got shape {tuple(x.shape)}")
@@ -150,8 +151,8 @@ def jpeg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.25, 
 
     with eval_mode(model):
         x_adv, v = ascend_params(model, x.detach(), y, start, render, lambda t: t.clamp(-eps, eps), steps,
-                                 SignStep(step), objective)
+                                 SteepestStep(step, "linf"), objective)
     ok = (v.abs() <= eps).all(1) & ((render(x, v) - x_adv).abs() <= 1e-5).flatten(1).all(1)
     if not bool(ok.all()):
         raise AttackCheckError("threat_set", "the JPEG attack returned a point outside its threat set")
-    return (x_adv, v) if return_variable else x_adv
+    return AttackResult(x_adv, {"variable": v})

@@ -24,19 +24,36 @@ Both attacks maximize the margin ``min(max_{j != y} z_j - z_y, kappa)`` with kap
 * Newton projection: up to 10 steps ``x' -= 1.1 (d - eps + 0.1) grad d / ||grad d||^2`` on examples
   outside the bound, then bisection along the segment from ``x`` for any still outside.
 
-Departures (labelled): starting points are clipped to [0, 1]; the bisection returns its last point
-that satisfies the bound (the reference returns its last evaluated one, which may violate it); the
-reference's accumulation of gradients across Newton steps is not reproduced; every evaluated
-iterate that lies inside the bound is a candidate and each example keeps the one with the largest
+Both run on the ascent engine (``robustlib.attacks.ascent.maximize``): LPA's rounds are restarts that
+continue from the previous round's last iterate, its final projection is the engine's ``finish``;
+PPGD's projection is the engine's ``project``.
+
+Departures (labelled): starting points are clipped to [0, 1], and PPGD's start is projected (a no-op
+unless the 0.01 noise already leaves the ball); the bisection returns its last point that satisfies
+the bound (the reference returns its last evaluated one, which may violate it); the reference's
+accumulation of gradients across Newton steps is not reproduced; LPA's lambda grows where a round's
+last iterate violates the bound; every evaluated iterate that lies inside the bound is a candidate,
+each example keeps the first that fools the model (it then stops), else the one with the largest
 margin (the reference returns the final point only). Every returned point satisfies ``d <= eps``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, margin_loss
+from robustlib.attacks.ascent import Problem, maximize
+from robustlib.attacks.common import (
+    AttackCheckError,
+    AttackResult,
+    NotApplicable,
+    check_count,
+    check_inputs,
+    eval_mode,
+    margin_loss,
+)
 
 
 def lpips_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -112,25 +129,13 @@ def newton_project(net: nn.Module, x: torch.Tensor, phi_x: torch.Tensor, x_adv: 
     return x_adv
 
 
-class _Best:
-    """Per-example best-so-far among candidate points inside the LPIPS ball (``x`` itself to start)."""
-
-    def __init__(self, model: nn.Module, net: nn.Module, x: torch.Tensor, y: torch.Tensor, phi_x: torch.Tensor,
-                 eps: float) -> None:
-        self.model, self.net, self.x, self.y, self.phi_x, self.eps = model, net, x, y, phi_x, eps
-        self.point = x.clone()
+def _inside(net: nn.Module, phi_x: torch.Tensor, eps: float):
+    """``feasible(image, idx)``: inside the LPIPS ball of radius ``eps`` around ``x[idx]`` and in [0, 1]."""
+    def feasible(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            self.margin = margin_loss(model(x), y)
-
-    @torch.no_grad()
-    def offer(self, cand: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        rows = torch.arange(self.x.shape[0], device=self.x.device) if rows is None else rows
-        inside = (lpips_features(self.net, cand) - self.phi_x[rows]).norm(dim=1) <= self.eps
-        inside &= ((cand >= 0) & (cand <= 1)).flatten(1).all(1)
-        m = margin_loss(self.model(cand), self.y[rows])
-        better = inside & (m > self.margin[rows])
-        self.margin[rows[better]] = m[better]
-        self.point[rows[better]] = cand[better]
+            inside = (lpips_features(net, img) - phi_x[idx]).norm(dim=1) <= eps
+        return inside & ((img >= 0) & (img <= 1)).flatten(1).all(1)
+    return feasible
 
 
 def _check(net: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, eps: float, name: str) -> torch.Tensor:
@@ -154,44 +159,57 @@ def _prepare(model, lpips_net, x, y, eps, name):
     return x.detach(), phi_x
 
 
+@dataclass(frozen=True)
+class LPAStep:
+    """LPA's step on ``x'`` (perceptual-advex ``LagrangePerceptualAttack``): along the normalized
+    gradient ``g`` of the Lagrangian, of LPIPS length ``eps * 0.1^(t / steps)``, the length of ``g``
+    measured by a finite difference with ``h``."""
+
+    net: nn.Module
+    eps: float
+    steps: int
+    h: float
+
+    def init(self, theta: torch.Tensor) -> dict:
+        return {}
+
+    @torch.no_grad()
+    def __call__(self, theta: torch.Tensor, grad: torch.Tensor, state: dict, t: int) -> torch.Tensor:
+        g = grad / (grad.flatten(1).norm(dim=1).view(_view(grad)) + 1e-8)
+        length = (lpips_features(self.net, theta + self.h * g) - lpips_features(self.net, theta)).norm(dim=1) / self.h
+        size = self.eps * 0.1 ** (t / self.steps)  # the reference's step: the bound, decayed tenfold per round
+        return theta + g * (size / (length + 1e-8)).view(_view(grad))
+
+
 def lpa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lpips_net: nn.Module | None = None, eps: float = 0.5,
         steps: int = 40, rounds: int = 5, lam0: float = 0.01, h: float = 0.1, kappa: float = 1.0,
-        generator: torch.Generator | None = None) -> torch.Tensor:
-    """LPA in the LPIPS ball of radius ``eps`` (see module docstring); ``steps`` per round."""
+        generator: torch.Generator | None = None) -> AttackResult:
+    """LPA in the LPIPS ball of radius ``eps`` (see module docstring); ``steps`` per round. Each round is
+    a restart of the ascent engine that continues from the previous round's last iterate."""
     x, phi_x = _prepare(model, lpips_net, x, y, eps, "LPA")
     steps, rounds = check_count("steps", steps, 1), check_count("rounds", rounds, 1)
+    noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else None).to(x)
+    first = (x + 0.01 * noise).clamp(0, 1)
+    lam = torch.full((x.shape[0],), float(lam0), device=x.device, dtype=x.dtype)
+    dist = torch.zeros_like(lam)  # each example's LPIPS distance at its last evaluated iterate
+
+    def objective(logits: torch.Tensor, xa: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        d = (lpips_features(lpips_net, xa) - phi_x[idx]).norm(dim=1)
+        dist[idx] = d.detach()
+        return _kappa_margin(logits, y[idx], kappa) - lam[idx] * (d - eps).clamp_min(0)
+
+    def start(idx: torch.Tensor, restart: int, previous: torch.Tensor | None) -> torch.Tensor:
+        if previous is None:
+            return first[idx]
+        lam[idx] = torch.where(dist[idx] >= eps, lam[idx] * 10, lam[idx])  # the penalty grows where violated
+        return previous
+
+    problem = Problem(x, objective, start, project=lambda xa, idx: xa.clamp(0, 1),
+                      feasible=lambda img, idx: dist[idx] <= eps,  # the objective has just measured img
+                      finish=lambda xa, idx: newton_project(lpips_net, x[idx], phi_x[idx], xa, eps))
     with eval_mode(model):
-        best = _Best(model, lpips_net, x, y, phi_x, eps)
-        noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else None).to(x)
-        delta = ((x + 0.01 * noise).clamp(0, 1) - x)
-        lam = torch.full((x.shape[0],), float(lam0), device=x.device, dtype=x.dtype)
-        live = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(rounds):
-            dists = torch.zeros_like(lam)
-            for t in range(steps):
-                if not bool(live.any()):
-                    break
-                rows = live.nonzero().squeeze(1)
-                xl = (x[rows] + delta[rows]).requires_grad_(True)
-                logits = model(xl)
-                d = (lpips_features(lpips_net, xl) - phi_x[rows]).norm(dim=1)
-                loss = -_kappa_margin(logits, y[rows], kappa) + lam[rows] * (d - eps).clamp_min(0)
-                grad = torch.autograd.grad(loss.sum(), xl)[0]
-                with torch.no_grad():
-                    xl = xl.detach()
-                    best.offer(xl, rows)
-                    g = grad / (grad.flatten(1).norm(dim=1).view(_view(x)) + 1e-8)
-                    dist_grad = (lpips_features(lpips_net, xl) - lpips_features(lpips_net, xl - h * g)).norm(dim=1) / h
-                    step = eps * 0.1 ** (t / steps)  # the reference's step: the bound, decayed tenfold per round
-                    delta[rows] = (xl - g * (step / (dist_grad + 1e-8)).view(_view(x))).clamp(0, 1) - x[rows]
-                    dists[rows] = d.detach()
-                    live[rows] = (logits.argmax(1) == y[rows]) | (d.detach() > eps)
-            lam = torch.where(dists >= eps, lam * 10, lam)
-            if not bool(live.any()):
-                break
-        final = newton_project(lpips_net, x, phi_x, x + delta, eps)
-        best.offer(final)
-    return _check(lpips_net, x, best.point, eps, "LPA")
+        best = maximize(model, problem, steps, LPAStep(lpips_net, eps, steps, h), restarts=rounds, keep="margin", y=y)
+    return AttackResult(_check(lpips_net, x, best.points, eps, "LPA"))
 
 
 def _features_jvp(net: nn.Module, xa: torch.Tensor, phi: torch.Tensor, p: torch.Tensor, h: float) -> torch.Tensor:
@@ -206,47 +224,59 @@ def _gauss_newton_product(net: nn.Module, xa: torch.Tensor, xr: torch.Tensor, ph
     return torch.autograd.grad(phi_r, xr, grad_outputs=jp, retain_graph=True)[0]
 
 
+@dataclass(frozen=True)
+class PPGDStep:
+    """PPGD's step (perceptual-advex ``PerceptualPGDAttack``): along ``(J^T J)^{-1} grad`` (``J`` the
+    LPIPS features' Jacobian at ``x'``; ``cg_iterations`` conjugate-gradient iterations with
+    finite-difference products, ``h``) of linearized LPIPS length ``size``; examples whose gradient
+    norm is below 1e-4 do not move."""
+
+    net: nn.Module
+    size: float
+    cg_iterations: int
+    h: float
+
+    def init(self, theta: torch.Tensor) -> dict:
+        return {}
+
+    def __call__(self, theta: torch.Tensor, grad: torch.Tensor, state: dict, t: int) -> torch.Tensor:
+        view = _view(theta)
+        live = grad.flatten(1).norm(dim=1) >= 1e-4
+        with torch.enable_grad():
+            xr = theta.clone().requires_grad_(True)
+            phi_r = lpips_features(self.net, xr)
+        phi0 = phi_r.detach()
+        v, r = torch.zeros_like(grad), grad.clone()  # conjugate gradients on (J^T J) v = grad, from v = 0
+        p, rr = r.clone(), r.flatten(1).pow(2).sum(1)
+        for it in range(self.cg_iterations):
+            ap = _gauss_newton_product(self.net, theta, xr, phi_r, phi0, p, self.h)
+            alpha = rr / (p * ap).flatten(1).sum(1).clamp_min(1e-20)
+            v = v + alpha.view(view) * p
+            r = r - alpha.view(view) * ap
+            rr_new = r.flatten(1).pow(2).sum(1)
+            if it > 0 and float(rr_new.max()) < 0.1:
+                break
+            p = r + (rr_new / rr.clamp_min(1e-20)).view(view) * p
+            rr = rr_new
+        with torch.no_grad():
+            length = _features_jvp(self.net, theta, phi0, v, self.h).norm(dim=1)
+            lam = torch.where(live, self.size / length.clamp_min(1e-20), torch.zeros_like(length))
+            return (theta + lam.view(view) * v).clamp(0, 1)
+
+
 def ppgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lpips_net: nn.Module | None = None, eps: float = 0.5,
          steps: int = 40, cg_iterations: int = 5, h: float = 1e-3, kappa: float = 1.0,
-         generator: torch.Generator | None = None) -> torch.Tensor:
+         generator: torch.Generator | None = None) -> AttackResult:
     """PPGD in the LPIPS ball of radius ``eps`` (see module docstring)."""
     x, phi_x = _prepare(model, lpips_net, x, y, eps, "PPGD")
     steps, cg_iterations = check_count("steps", steps, 1), check_count("cg_iterations", cg_iterations, 1)
-    step = 2 * eps / steps
-    view = _view(x)
+    noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else None).to(x)
+    first = (x + 0.01 * noise).clamp(0, 1)
+    problem = Problem(x, lambda logits, xa, idx: _kappa_margin(logits, y[idx], kappa),
+                      start=lambda idx, restart, previous: first[idx],
+                      project=lambda xa, idx: newton_project(lpips_net, x[idx], phi_x[idx], xa, eps),
+                      feasible=_inside(lpips_net, phi_x, eps))
     with eval_mode(model):
-        best = _Best(model, lpips_net, x, y, phi_x, eps)
-        noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else None).to(x)
-        x_adv = (x + 0.01 * noise).clamp(0, 1)
-        for _ in range(steps):
-            xa = x_adv.requires_grad_(True)
-            grad = torch.autograd.grad(_kappa_margin(model(xa), y, kappa).sum(), xa)[0]
-            xa = xa.detach()
-            live = grad.flatten(1).norm(dim=1) >= 1e-4
-            with torch.enable_grad():
-                xr = xa.clone().requires_grad_(True)
-                phi_r = lpips_features(lpips_net, xr)
-            phi0 = phi_r.detach()
-
-            # conjugate gradients on (J^T J) v = grad, per example, from v = 0
-            v = torch.zeros_like(grad)
-            r = grad.clone()
-            p = r.clone()
-            rr = r.flatten(1).pow(2).sum(1)
-            for it in range(cg_iterations):
-                ap = _gauss_newton_product(lpips_net, xa, xr, phi_r, phi0, p, h)
-                alpha = rr / (p * ap).flatten(1).sum(1).clamp_min(1e-20)
-                v = v + alpha.view(view) * p
-                r = r - alpha.view(view) * ap
-                rr_new = r.flatten(1).pow(2).sum(1)
-                if it > 0 and float(rr_new.max()) < 0.1:
-                    break
-                p = r + (rr_new / rr.clamp_min(1e-20)).view(view) * p
-                rr = rr_new
-            with torch.no_grad():
-                length = _features_jvp(lpips_net, xa, phi0, v, h).norm(dim=1)
-                lam = torch.where(live, step / length.clamp_min(1e-20), torch.zeros_like(length))
-                x_adv = (xa + lam.view(view) * v).clamp(0, 1)
-            x_adv = newton_project(lpips_net, x, phi_x, x_adv, eps)
-            best.offer(x_adv)
-    return _check(lpips_net, x, best.point, eps, "PPGD")
+        best = maximize(model, problem, steps, PPGDStep(lpips_net, 2 * eps / steps, cg_iterations, h),
+                        keep="margin", y=y)
+    return AttackResult(_check(lpips_net, x, best.points, eps, "PPGD"))

@@ -24,8 +24,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, margin_loss
-from robustlib.attacks.perceptual.optimize import AdamStep, ascend_params
+from robustlib.attacks.ascent import AdamStep
+from robustlib.attacks.common import (
+    AttackCheckError,
+    AttackResult,
+    NotApplicable,
+    check_count,
+    check_inputs,
+    eval_mode,
+    margin_loss,
+)
+from robustlib.attacks.perceptual.optimize import ascend_params
 
 RESOLUTION = (16, 32, 32)
 _RGB_TO_XYZ = ((0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1192, 0.9504))
@@ -117,9 +126,9 @@ def project_offsets(offsets: torch.Tensor, identity: torch.Tensor, eps: float) -
 
 def recoloradv(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.06, steps: int = 100,
                lr: float = 0.001, smoothness: float | None = None,
-               resolution: tuple[int, int, int] = RESOLUTION, *, return_offsets: bool = False):
+               resolution: tuple[int, int, int] = RESOLUTION) -> AttackResult:
     """ReColorAdv in CIELUV (see module docstring); ``smoothness`` is lambda (default the reference's
-    ``0.0036 / eps``). Returns ``x_adv`` (and the lattice offsets)."""
+    ``0.0036 / eps``). ``info["offsets"]``: the lattice offsets."""
     check_inputs(x, y)
     if x.dim() != 4 or x.shape[1] != 3:
         raise NotApplicable(f"ReColorAdv perturbs colours and needs 3-channel RGB images; got shape "
@@ -142,4 +151,4 @@ def recoloradv(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 
         ((apply_color_function(x, offsets) - x_adv).abs() <= 1e-5).flatten(1).all(1)
     if not bool(ok.all()):
         raise AttackCheckError("threat_set", "ReColorAdv returned a point outside its threat set")
-    return (x_adv, offsets) if return_offsets else x_adv
+    return AttackResult(x_adv, {"offsets": offsets})

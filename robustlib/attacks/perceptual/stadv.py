@@ -19,8 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlib.attacks.common import AttackCheckError, NotApplicable, check_count, check_inputs, eval_mode, margin_loss
-from robustlib.attacks.perceptual.optimize import AdamStep, ascend_params
+from robustlib.attacks.ascent import AdamStep
+from robustlib.attacks.common import (
+    AttackCheckError,
+    AttackResult,
+    NotApplicable,
+    check_count,
+    check_inputs,
+    eval_mode,
+    margin_loss,
+)
+from robustlib.attacks.perceptual.optimize import ascend_params
 
 
 def identity_grid(b: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
@@ -80,9 +89,9 @@ def in_stadv_set(x: torch.Tensor, x_adv: torch.Tensor, flow: torch.Tensor, eps: 
 
 
 def stadv(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.05, steps: int = 100,
-          lr: float = 0.01, smoothness: float | None = None, *, return_flow: bool = False):
+          lr: float = 0.01, smoothness: float | None = None) -> AttackResult:
     """StAdv with per-component flow bound ``eps`` (see module docstring); ``smoothness`` is lambda
-    (default the reference's ``0.0025 / eps``). Returns ``x_adv`` (and the flow)."""
+    (default the reference's ``0.0025 / eps``). ``info["flow"]``: the flow."""
     check_inputs(x, y)
     if x.dim() != 4:
         raise NotApplicable(f"StAdv needs images (B, C, H, W), got shape {tuple(x.shape)}")
@@ -100,4 +109,4 @@ def stadv(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.05,
                                     lambda f: project_flow(f, eps), steps, AdamStep(lr), objective)
     if not bool(in_stadv_set(x, x_adv, flow, eps).all()):
         raise AttackCheckError("threat_set", "StAdv returned a point outside its threat set")
-    return (x_adv, flow) if return_flow else x_adv
+    return AttackResult(x_adv, {"flow": flow})
