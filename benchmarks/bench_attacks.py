@@ -5,7 +5,8 @@ grid, AutoAttack L-inf and L2) on 1,000 test points, run side by side as the att
 
     python benchmarks/bench_attacks.py [--checkpoint runs/hamming_stability/model.pt] [--n 1000]
 
-Writes benchmarks/results/attacks.json and benchmarks/results/attacks.md.
+Writes benchmarks/results/attacks.json and benchmarks/results/attacks.md (``--name`` for another stem,
+e.g. ``attacks_cifar10`` with ``--dataset cifar10 --skip-autoattack`` for ReColorAdv's timing).
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", default="mnist", help="the checkpoint's dataset (cifar10 for ReColorAdv)")
     p.add_argument("--lpips", default="runs/_lpips/model.pt", help="the lpips stage's network (NPTM attacks)")
     p.add_argument("--perceptual-n", type=int, default=100, help="points for the perceptual attacks' timing")
+    p.add_argument("--name", default="attacks", help="results file stem under benchmarks/results/")
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
     ckpt = Path(args.checkpoint)
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     timings["total"] = time.perf_counter() - t_all
     res["evaluation_seconds"], res["curves"] = timings, curves
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(res, RESULTS / "attacks.json")
+    write_json(res, RESULTS / f"{args.name}.json")
     lines = ["# Attack benchmark\n", f"Checkpoint `{ckpt}`, {args.n} {args.dataset} test points, {args.threads} "
              "threads, "
              f"clean accuracy {res['clean_acc']:.4f}. {args.note}\n",
@@ -184,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     lines += ["", "| norm | eps | attack | robust acc |", "|---|---|---|---|"]
     lines += [f"| {c['norm']} | {c['eps']} | {c['attack']} | {c['robust_acc']:.4f} |" for c in curves]
-    (RESULTS / "attacks.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / 'attacks.json'} and {RESULTS / 'attacks.md'}")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / args.name}.json and .md")
 
 
 if __name__ == "__main__":
