@@ -81,3 +81,28 @@ def test_stages_never_import_each_other(root):
                   and n.module == "robustlib.stages" for a in n.names]
         bad = [m for m in names if m.startswith("robustlib.stages.") and m != "robustlib.stages.common"]
         assert not bad, (f.name, bad)
+
+
+def test_read_log_records_values_read_not_membership(tmp_path):
+    """The params read log behind the pipeline test's declared-params check: leaves read by [] or get()
+    (also missing ones), whole sections by items()/values(), key listings as <path>.*; membership and
+    len() are not reads; copies are plain dicts."""
+    import copy
+    import json
+
+    from robustlib.stages.common import ReadLog
+
+    log = tmp_path / "reads.jsonl"
+    p = ReadLog({"attack": {"eps": 0.3, "sanity": {"n": 200}}, "runs": {"a": {"x": 1}, "b": {}}, "seed": 0},
+                "attack@a", log)
+    assert "a" in p["runs"] and len(p["runs"]) == 2  # membership and size only: nothing recorded
+    assert not log.exists()
+    assert p["attack"]["eps"] == 0.3 and p.get("missing", 5) == 5 and p["seed"] == 0
+    assert dict(p["attack"]["sanity"].items()) == {"n": 200}
+    assert list(p["runs"]) == ["a", "b"]
+    c = copy.deepcopy(p["runs"]["a"])
+    assert type(c) is dict and c == {"x": 1}
+    got = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["stage"] for r in got} == {"attack@a"}
+    assert [r["path"] for r in got] == ["attack.eps", "missing", "seed", "attack.sanity", "runs.*", "runs.a.*",
+                                        "runs.a.x"]
