@@ -1,6 +1,7 @@
 """Attacks: FGSM, PGD (L-inf, L2) with restarts, a transfer attack, AutoAttack with fatal checks, and
-the perceptual attacks (StAdv, ReColorAdv, JPEG, LPA, PPGD). ``ascent.ascend`` is the inner maximization
-shared with the adversarial-training terms. ``pyautoattack`` is imported only when AutoAttack runs."""
+the perceptual attacks (StAdv, ReColorAdv, JPEG, LPA, PPGD); each returns an ``AttackResult``. All run
+on one ascent engine, ``ascent.maximize``, which the adversarial-training terms (``ascent.ascend``) and
+the verifier's pre-MILP attack share. ``pyautoattack`` is imported only when AutoAttack runs."""
 
 from robustlib.attacks.autoattack import autoattack
 from robustlib.attacks.common import AttackCheckError, NotApplicable

@@ -16,7 +16,7 @@ Departures (labelled): (1) the image is ``x + to_rgb(c + g(c)) - to_rgb(c)`` ins
 ``to_rgb(c + g(c))``: the same function up to the float round trip of the colour conversion (about
 1e-6), and zero change reproduces ``x`` exactly; (2) lattice vertices are not projected into the sRGB
 gamut (the reference does so before the L-inf clamp); out-of-gamut results are clipped by ``to_rgb``,
-as in the reference; (3) best-so-far per example (``optimize.ascend_params``).
+as in the reference; (3) first fooling, else best, iterate per example (``optimize.ascend_params``).
 """
 
 from __future__ import annotations

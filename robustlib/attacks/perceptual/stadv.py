@@ -9,8 +9,8 @@ image), with the sampling grid kept inside [-1, 1]. Smoothness is a SOFT penalty
 maximizes ``margin - lambda * L_flow(f)`` with ``L_flow`` Xiao et al.'s eq. 4 over the 4-neighbourhood
 (border replicated, ``sqrt(||f_p - f_q||^2 + 1e-10)``), ``lambda = 0.0025 / eps`` (0.05 at eps 0.05),
 by Adam (lr 0.01) for 100 iterations, no random start -- all as the reference. Departure (stronger,
-labelled): each example keeps its best iterate (``optimize.ascend_params``); the reference returns
-the last one.
+labelled): each example keeps its first fooling iterate, else its best one (``optimize.ascend_params``);
+the reference returns the last one.
 """
 
 from __future__ import annotations
