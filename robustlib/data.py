@@ -189,6 +189,19 @@ class Split:
     def load(cls, path: str | os.PathLike) -> Split:
         return cls(**json.loads(Path(path).read_text()))
 
+    def test_examples(self, n: int, root: str | os.PathLike | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The first ``n`` test examples of the split (images, labels, indices into the official test
+        set): every evaluation stage of a run takes the same examples in the same order."""
+        if not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if n > len(self.test):
+            raise ValueError(f"asked for {n} test examples, the {self.dataset} split holds {len(self.test)}: "
+                             "raise data.n_test (and retrain) or lower the stage's n_test")
+        idx = self.test[:n]
+        test = load_split(self.dataset, train=False, root=root)
+        return test.images(idx), test.labels(idx), idx
+
 
 def make_split(dataset: str, n_train_total: int, n_test_total: int, n_train: int | None, n_val: int,
                n_test: int | None, seed: int, source: str = "") -> Split:

@@ -1,10 +1,18 @@
-"""Where every stage writes, relative to an output root (the project root under DVC; a scratch
-folder such as ``runs/explore`` when a notebook is run by hand). dvc.yaml declares the same paths;
-``tests/test_pipeline_layout.py`` checks that the two agree."""
+"""Where every stage writes, relative to an output root: under DVC a profile's own folder,
+``reports/<profile>/`` (``profile_root``), so that every profile's results live side by side and
+switching profile never touches another profile's files; a scratch folder such as ``runs/explore``
+when a notebook is run by hand. Model checkpoints go to ``<root>/runs/<run>/`` (DVC-cached, not in
+git), everything else (metrics, per-example results, tables, figures, report.md) is committed.
+dvc.yaml declares the same paths; ``tests/test_pipeline_layout.py`` checks that the two agree."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def profile_root(project: Path, profile: str) -> Path:
+    """The output root of ``profile`` under DVC (dvc.yaml passes ``reports/${base.profile}``)."""
+    return Path(project) / "reports" / profile
 
 
 def run_dir(root: Path, run: str) -> Path:
@@ -25,45 +33,45 @@ def resume_path(root: Path, run: str) -> Path:
 
 
 def train_metrics_path(root: Path, run: str) -> Path:
-    return Path(root) / "reports" / "metrics" / "train" / f"{run}.json"
+    return Path(root) / "metrics" / "train" / f"{run}.json"
 
 
 def train_curve_path(root: Path, run: str) -> Path:
-    return Path(root) / "reports" / "curves" / "train" / f"{run}.csv"
+    return Path(root) / "curves" / "train" / f"{run}.csv"
 
 
 def dvclive_dir(root: Path, run: str) -> Path:
-    return Path(root) / "reports" / "dvclive" / "train" / run
+    return Path(root) / "dvclive" / "train" / run
 
 
 def tables_dir(root: Path) -> Path:
-    return Path(root) / "reports" / "tables"
+    return Path(root) / "tables"
 
 
 def figures_dir(root: Path) -> Path:
-    return Path(root) / "reports" / "figures"
+    return Path(root) / "figures"
 
 
 def attack_results_path(root: Path, run: str) -> Path:
     """Per-example attack results (index, clean_correct, robust_<attack>..., worst cases)."""
-    return Path(root) / "reports" / "attack" / f"{run}.csv"
+    return Path(root) / "attack" / f"{run}.csv"
 
 
 def attack_curve_path(root: Path, run: str) -> Path:
-    return Path(root) / "reports" / "curves" / "attack" / f"{run}.csv"
+    return Path(root) / "curves" / "attack" / f"{run}.csv"
 
 
 def attack_metrics_path(root: Path, run: str) -> Path:
-    return Path(root) / "reports" / "metrics" / "attack" / f"{run}.json"
+    return Path(root) / "metrics" / "attack" / f"{run}.json"
 
 
 def verify_results_path(root: Path, run: str) -> Path:
     """Per-example verification results (index, eps, verdict, seconds, unstable, method, ...)."""
-    return Path(root) / "reports" / "verify" / f"{run}.csv"
+    return Path(root) / "verify" / f"{run}.csv"
 
 
 def verify_metrics_path(root: Path, run: str) -> Path:
-    return Path(root) / "reports" / "metrics" / "verify" / f"{run}.json"
+    return Path(root) / "metrics" / "verify" / f"{run}.json"
 
 
 def verify_shard_dir(root: Path, run: str) -> Path:
@@ -83,4 +91,19 @@ def lpips_resume_path(root: Path) -> Path:
 
 
 def lpips_metrics_path(root: Path) -> Path:
-    return Path(root) / "reports" / "metrics" / "lpips.json"
+    return Path(root) / "metrics" / "lpips.json"
+
+
+def executed_dir(root: Path) -> Path:
+    """Executed copies of the stage notebooks (papermill's output notebooks)."""
+    return Path(root) / "executed"
+
+
+def report_path(root: Path) -> Path:
+    """The profile's one-page report."""
+    return Path(root) / "report.md"
+
+
+def provenance_path(root: Path) -> Path:
+    """The commit, dirty files and resolved params the profile's results came from (report stage)."""
+    return Path(root) / "provenance.json"

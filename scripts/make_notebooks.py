@@ -20,8 +20,8 @@ CROSS_RUN = (
     "# pipeline's results (`dvc repro`; the report's inputs are committed) and write a scratch copy,\n"
     "# so the notebook also runs as it is in JupyterLab without touching reports/.\n"
     'params_file: str = "params.yaml"  # relative to the project root\n'
-    'input_root: str = "."  # where the per-run stages wrote their outputs\n'
-    'output_root: str = "runs/explore"  # "." under DVC'
+    'input_root: str = ""  # where the per-run stages wrote their outputs; "": reports/<the active profile>\n'
+    'output_root: str = "runs/explore"  # reports/<profile> under DVC'
 )
 
 NOTEBOOKS = {
@@ -32,7 +32,7 @@ NOTEBOOKS = {
                           "interrupted run resumes from its last completed epoch."),
         new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+                      'output_root: str = "runs/explore"  # reports/<profile> under DVC', metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import train as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.Series(metrics, name=run).to_frame()"),
         new_code_cell("from pathlib import Path\n\nfrom robustlib import paths\n"
@@ -47,7 +47,7 @@ NOTEBOOKS = {
                           "PPGD): perceptual-advex's `alexnet_cifar` architecture (Laidlaw et al. 2021) on the "
                           "dataset's training split, the same network for every attacked run (`lpips` params)."),
         new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # "." under DVC', metadata={"tags": ["parameters"]}),
+                      'output_root: str = "runs/explore"  # reports/<profile> under DVC', metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import lpips as stage"),
         new_code_cell("metrics = stage.run(params_file, output_root)\npd.Series(metrics, name='lpips').to_frame()"),
     ],
@@ -57,7 +57,7 @@ NOTEBOOKS = {
                           "robustness curves, and the sanity checks of Carlini et al. (2019), which fail the stage."),
         new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # "." under DVC; the train notebook must have run there',
+                      'output_root: str = "runs/explore"  # reports/<profile> under DVC; the train notebook must have run there',
                       metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import attack as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\n"
@@ -74,7 +74,7 @@ NOTEBOOKS = {
                           "after a float32 replay."),
         new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # "." under DVC; train and attack must have run there',
+                      'output_root: str = "runs/explore"  # reports/<profile> under DVC; train and attack must have run there',
                       metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import verify as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.DataFrame(metrics['eps']).T"),
@@ -98,7 +98,7 @@ NOTEBOOKS = {
     ],
     "90_report.ipynb": [
         new_markdown_cell("# Report\n\nCollects the outputs of every stage into the tables and figures under "
-                          "`reports/` and writes `reports/report.md`."),
+                          "`reports/<profile>/` and writes `reports/<profile>/report.md`."),
         new_code_cell(CROSS_RUN, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nfrom IPython.display import Markdown, display\n\n"
                       "from robustlib.stages import report as stage"),

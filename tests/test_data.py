@@ -154,3 +154,19 @@ def test_crop_flip_is_a_shifted_or_flipped_copy():
         ok = any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1))
                  for dy in range(5) for dx in range(5) for c in [padded[i, :, dy:dy + 8, dx:dx + 8]])
         assert ok
+
+
+def test_split_test_examples_are_the_first_n_of_the_split(tmp_path):
+    """Every evaluation stage takes the first n test examples of the run's split, in order; asking for
+    more than the split holds is an error, not a silent shortfall."""
+    from robustlib.data import Split, make_split
+
+    data = _write_idx(tmp_path / "MNIST" / "raw", n_train=12, n_test=9)
+    split = make_split("mnist", 12, 9, 8, 2, 6, seed=3)
+    split.save(tmp_path / "split.json")
+    x, y, idx = Split.load(tmp_path / "split.json").test_examples(4, tmp_path)
+    assert idx == split.test[:4] and len(set(idx)) == 4
+    assert torch.equal(x[:, 0], torch.from_numpy(data["t10k"][0][idx]).float() / 255)
+    assert y.tolist() == data["t10k"][1][idx].tolist()
+    with pytest.raises(ValueError, match="split holds 6"):
+        split.test_examples(7, tmp_path)

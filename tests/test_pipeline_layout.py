@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -21,11 +22,14 @@ def _outs(stage):
     return out
 
 
+PROFILE_ROOT = "reports/${base.profile}"  # every stage's output root under DVC (paths.profile_root)
+
+
 def test_train_stage_outputs_are_the_library_paths(root):
     outs = {o.replace("${key}", "RUN") for o in _outs(_dvc(root)["train"]["do"])}
     from pathlib import Path
 
-    r = Path(".")
+    r = Path(PROFILE_ROOT)
     expected = {paths.model_path(r, "RUN"), paths.split_path(r, "RUN"), paths.train_metrics_path(r, "RUN"),
                 paths.train_curve_path(r, "RUN"), paths.dvclive_dir(r, "RUN")}
     assert {str(e) for e in expected} <= outs
@@ -40,23 +44,36 @@ def test_per_run_stage_outputs_are_the_library_paths(root, stage, fns):
     from pathlib import Path
 
     outs = {o.replace("${item}", "RUN") for o in _outs(_dvc(root)[stage]["do"])}
-    assert {str(f(Path("."), "RUN")) for f in fns} <= outs
+    assert {str(f(Path(PROFILE_ROOT), "RUN")) for f in fns} <= outs
 
 
 def test_lpips_stage_outputs_are_the_library_paths(root):
     from pathlib import Path
 
+    r = Path(PROFILE_ROOT)
     outs = set(_outs(_dvc(root)["lpips"]))
-    assert {str(paths.lpips_model_path(Path("."))), str(paths.lpips_metrics_path(Path(".")))} <= outs
-    assert str(paths.lpips_resume_path(Path("."))) not in outs  # deleted once training completes
-    assert str(paths.lpips_model_path(Path("."))) in _dvc(root)["attack"]["do"]["deps"]
+    assert {str(paths.lpips_model_path(r)), str(paths.lpips_metrics_path(r))} <= outs
+    assert str(paths.lpips_resume_path(r)) not in outs  # deleted once training completes
+    assert str(paths.lpips_model_path(r)) in _dvc(root)["attack"]["do"]["deps"]
+
+
+def test_every_output_lies_under_the_profile_root(root):
+    """Profiles keep their results side by side: every output of every stage is under reports/<profile>/,
+    and each stage writes to that root."""
+    for name, stage in _dvc(root).items():
+        body = stage.get("do", stage)
+        assert all(o.startswith(PROFILE_ROOT + "/") for o in _outs(body)), name
+        assert f"-p output_root {PROFILE_ROOT}" in body["cmd"], name
+    report = _outs(_dvc(root)["report"])
+    assert str(paths.report_path(Path(PROFILE_ROOT))) in report
+    assert str(paths.provenance_path(Path(PROFILE_ROOT))) in report
 
 
 def test_every_p_value_comes_from_params_or_the_stage(root):
     for name, stage in _dvc(root).items():
         body = stage.get("do", stage)
         for value in re.findall(r"-p \w+ (\S+)", body["cmd"]):
-            assert value.startswith("${") or value in {"params.yaml", "."}, (name, value)
+            assert value.startswith("${") or value in {"params.yaml", PROFILE_ROOT}, (name, value)
 
 
 @pytest.mark.parametrize("nb", ["10_train.ipynb", "15_lpips.ipynb", "20_attack.ipynb", "30_verify.ipynb",

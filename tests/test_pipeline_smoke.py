@@ -31,7 +31,10 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
         if src.is_file() and not f.startswith(("reports/", "runs/")) and f != "dvc.lock":
             (ws / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, ws / f)
-    (ws / "reports" / "executed").mkdir(parents=True, exist_ok=True)
+    out = ws / "reports" / "smoke"  # the smoke profile's results; other profiles' are not copied ...
+    other = ws / "reports" / "other" / "report.md"  # ... except one file that must survive the repro
+    other.parent.mkdir(parents=True)
+    other.write_text("another profile's committed report\n")
     _run(["git", "init", "-q"], ws)
     _run(["git", "add", "-A"], ws)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace copy"], ws)
@@ -41,23 +44,28 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     reads_log = tmp_path / "params_reads.jsonl"
     _run([dvc, "repro"], ws, ROBUSTLIB_PARAMS_LOG=str(reads_log))
     _check_declared_params(ws / "dvc.lock", reads_log)
-    for f in ("reports/tables/train_summary.md", "reports/tables/table1_attacks.md",
-              "reports/tables/table2_verification.md", "reports/tables/certified.md",
-              "reports/tables/ablation_table3.md", "reports/tables/ablation_sweep.md",
-              "reports/tables/laplacian_table4.md", "reports/tables/neighbour_stats.json",
-              "reports/tables/benchmark_objectives.md", "reports/figures/learning_curves.png",
-              "reports/figures/robustness_curves.png", "reports/figures/verification.png",
-              "reports/figures/ablation_sweep.png", "reports/figures/neighbour_distances.png",
-              "reports/report.md", "reports/attack/hamming_stability.csv", "reports/verify/rs_loss.csv",
-              "reports/metrics/train/hamming_stability_then_pgd.json"):
-        assert (ws / f).stat().st_size > 0, f
-    t1 = pd.read_csv(ws / "reports/tables/table1_attacks.csv")
+    for f in ("tables/train_summary.md", "tables/table1_attacks.md",
+              "tables/table2_verification.md", "tables/certified.md",
+              "tables/ablation_table3.md", "tables/ablation_sweep.md",
+              "tables/laplacian_table4.md", "tables/neighbour_stats.json",
+              "tables/benchmark_objectives.md", "figures/learning_curves.png",
+              "figures/robustness_curves.png", "figures/verification.png",
+              "figures/ablation_sweep.png", "figures/neighbour_distances.png",
+              "report.md", "attack/hamming_stability.csv", "verify/rs_loss.csv",
+              "metrics/train/hamming_stability_then_pgd.json"):
+        assert (out / f).stat().st_size > 0, f
+    prov = json.loads((out / "provenance.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    assert prov["commit"] == head and prov["params"]["base"]["profile"] == "smoke"
+    assert prov["dirty"] == ["params.yaml"]  # written by `params use` after the commit
+    t1 = pd.read_csv(out / "tables/table1_attacks.csv")
     assert {"linf_AA", "l2_AA", "AA_square_flag", "train_minutes"} <= set(t1.columns)
-    m = json.loads((ws / "reports/metrics/attack/hamming_stability.json").read_text())
+    m = json.loads((out / "metrics/attack/hamming_stability.json").read_text())
     assert set(m["autoattack"]["linf"]) == {"square_stronger", "escalated", "escalation_hits"}
     assert m["seconds"]["aa_linf"] > 0 and "curves_after_attacks" in m["seconds"]
-    report = (ws / "reports" / "report.md").read_text()
+    report = (out / "report.md").read_text()
     assert "_missing" not in report and "Table 1 analog" in report
+    assert other.read_text() == "another profile's committed report\n"
     second = _run([dvc, "repro"], ws)
     assert "Running stage" not in second and "up to date" in second
     # the cross-run notebooks run as they are (JupyterLab): they read the pipeline's results and write
@@ -66,7 +74,7 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     papermill = str(Path(sys.executable).with_name("papermill"))
     for nb in ("40_ablations", "50_laplacian", "90_report"):
         _run([papermill, "--log-level", "WARNING", f"notebooks/{nb}.ipynb", str(tmp_path / f"{nb}.ipynb")], ws)
-    explore = (ws / "runs" / "explore" / "reports" / "report.md").read_text()
+    explore = (ws / "runs" / "explore" / "report.md").read_text()
     assert "_missing" not in explore and "Table 4 analog" in explore
     assert {p: p.stat().st_mtime_ns for p in (ws / "reports").rglob("*") if p.is_file()} == before
 

@@ -1,5 +1,5 @@
 """What every stage does first (resolve paths, read and validate params, fix threads and device), and
-the inputs several stages share (the run's test examples, the cross-run stages' input folder)."""
+the inputs several stages share (where the run's test examples are, the cross-run stages' input folder)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class StageEnv:
     root: Path  # project root (holds dvc.yaml)
-    out: Path  # output root: root itself under DVC, a scratch folder when exploring
+    out: Path  # output root: reports/<profile> under DVC, a scratch folder when exploring
     params: dict[str, Any]
     device: torch.device
 
@@ -34,19 +34,23 @@ class StageEnv:
 
 def input_dir(env: StageEnv, input_root: str | None) -> Path:
     """Where a cross-run stage reads the per-run stages' outputs: ``input_root`` (relative to the
-    project root), or the output root itself (as under DVC)."""
-    return env.out if input_root is None else (env.root / input_root).resolve()
+    project root); ``None``: the output root itself; ``""``: the active profile's pipeline results,
+    ``reports/<base.profile>`` (what a notebook opened in JupyterLab reads)."""
+    from robustlib import paths
+
+    if input_root is None:
+        return env.out
+    if input_root == "":
+        return paths.profile_root(env.root, env.params["base"]["profile"]).resolve()
+    return (env.root / input_root).resolve()
 
 
 def test_examples(env: StageEnv, run: str, n: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """The first ``n`` test examples of the run's saved split (the same indices in every stage)."""
+    """The first ``n`` test examples of the run's saved split (``Split.test_examples``)."""
     from robustlib import paths
-    from robustlib.data import Split, load_split
+    from robustlib.data import Split
 
-    split = Split.load(paths.split_path(env.out, run))
-    idx = split.test[:n]
-    test = load_split(split.dataset, train=False, root=env.data_root)
-    return test.images(idx), test.labels(idx), idx
+    return Split.load(paths.split_path(env.out, run)).test_examples(n, env.data_root)
 
 
 PARAMS_LOG = "ROBUSTLIB_PARAMS_LOG"
