@@ -23,7 +23,7 @@ def _git(root: Path, *args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as e:
         logger.warning("git %s failed: %s", " ".join(args), e)
         return None
-    return res.stdout.strip() if res.returncode == 0 else None
+    return res.stdout if res.returncode == 0 else None
 
 
 def record(root: Path, params_file: str | Path) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def record(root: Path, params_file: str | Path) -> dict[str, Any]:
     text = (root / params_file).read_text()
     status = _git(root, "status", "--porcelain", "--", *TRACKED)
     return {
-        "commit": _git(root, "rev-parse", "HEAD"),
+        "commit": (_git(root, "rev-parse", "HEAD") or "").strip() or None,
         "dirty": None if status is None else [line[3:] for line in status.splitlines() if line.strip()],
         "params_file": str(params_file),
         "params_sha256": hashlib.sha256(text.encode()).hexdigest(),

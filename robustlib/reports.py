@@ -29,17 +29,52 @@ def training_table(metrics: Sequence[Mapping]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("run").reset_index(drop=True)
 
 
-def learning_curves_figure(curves: Mapping[str, pd.DataFrame], metrics: Sequence[str]) -> Figure:
-    """One panel per metric (e.g. training loss, validation accuracy) against epoch, one line per run."""
+FAMILIES = (("the paper's method and ablations", frozenset({"hamming", "stability", "dense_laplacian"})),
+            ("adversarial training", frozenset({"pgd_at", "fgsm", "fgsm_at", "trades"})))
+OTHER_FAMILY = "the survey's regularizers"
+
+
+def run_family(terms) -> str:
+    """The group a run is plotted in, from its objective's terms: the paper's method and its ablations
+    (any Hamming/stability/dense term, e.g. also Hamming+stability then PGD), adversarial training
+    (PGD, FGSM, TRADES; RS loss, which is PGD-AT + RS), or the survey's other regularizers."""
+    for name, members in FAMILIES:
+        if members & set(terms):
+            return name
+    return OTHER_FAMILY
+
+
+def _grouped(runs: Mapping[str, object], families: Mapping[str, str], reference: str | None
+             ) -> list[tuple[str, list[str]]]:
+    """(family, runs) for each family that has runs, in FAMILIES order; ``reference`` (the undefended
+    run) is drawn in every panel and belongs to none."""
+    order = [name for name, _ in FAMILIES] + [OTHER_FAMILY]
+    groups = {f: [r for r in runs if r != reference and families.get(r, OTHER_FAMILY) == f] for f in order}
+    return [(f, rs) for f, rs in groups.items() if rs] or [(OTHER_FAMILY, [r for r in runs if r != reference])]
+
+
+def learning_curves_figure(curves: Mapping[str, pd.DataFrame], metrics: Sequence[str],
+                           families: Mapping[str, str] | None = None, reference: str | None = None) -> Figure:
+    """One column per metric (e.g. training loss, validation accuracy) against epoch; one row per run
+    family (``run_family``), one line per run, the undefended ``reference`` run dashed in every row."""
     tidy = pd.concat([df.assign(run=run) for run, df in curves.items()], ignore_index=True)
     missing = [m for m in metrics if m not in tidy.columns]
     if missing:
         raise ValueError(f"learning curves lack metrics {missing}; available: {sorted(tidy.columns)}")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        sns.lineplot(data=tidy, x="epoch", y=metric, hue="run", marker="o", ax=ax)
-        ax.set_title(metric.replace("_", " "))
-        ax.grid(alpha=0.3)
+    groups = _grouped(curves, families or {}, reference)
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(4.8 * len(metrics), 3.2 * len(groups)),
+                             squeeze=False)
+    for row, (family, runs) in zip(axes, groups, strict=True):
+        for ax, metric in zip(row, metrics, strict=True):
+            sns.lineplot(data=tidy[tidy["run"].isin(runs)], x="epoch", y=metric, hue="run", ax=ax,
+                         legend=ax is row[-1])
+            if reference in curves:
+                ref = curves[reference]
+                ax.plot(ref["epoch"], ref[metric], color="k", ls="--", lw=1, label=f"{reference} (reference)")
+            ax.set_title(f"{metric.replace('_', ' ')}: {family}", fontsize=9)
+            ax.grid(alpha=0.3)
+        if row[-1].get_legend():
+            row[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -98,26 +133,32 @@ def neighbour_histogram(distances, stats) -> Figure:
     return fig
 
 
-def robustness_curves_figure(curves: Mapping[str, pd.DataFrame]) -> Figure:
-    """Robust accuracy vs eps (paper Figure 2): one panel per norm, one line per run (PGD), AutoAttack
-    points overlaid as crosses."""
+def robustness_curves_figure(curves: Mapping[str, pd.DataFrame], families: Mapping[str, str] | None = None,
+                             reference: str | None = None) -> Figure:
+    """Robust accuracy vs eps (paper Figure 2): one column per norm, one row per run family
+    (``run_family``), one line per run (PGD's worst case over nested balls), AutoAttack points as
+    crosses; the undefended ``reference`` run dashed in every row."""
     tidy = pd.concat([df.assign(run=run) for run, df in curves.items()], ignore_index=True)
     norms = [n for n in ("linf", "l2") if n in set(tidy["norm"])]
-    fig, axes = plt.subplots(1, len(norms), figsize=(5.5 * len(norms), 3.8), squeeze=False)
-    palette = dict(zip(sorted(curves), sns.color_palette("tab20", len(curves)), strict=True))
-    for ax, norm in zip(axes[0], norms, strict=True):
-        d = tidy[tidy["norm"] == norm]
-        line = "pgd_nested" if "pgd_nested" in set(d["attack"]) else "pgd"  # PGD worst case over nested balls
-        sns.lineplot(data=d[d["attack"] == line], x="eps", y="robust_acc", hue="run", palette=palette, marker="o",
-                     ax=ax, legend=ax is axes[0][-1])
-        aa = d[d["attack"] == "autoattack"]
-        ax.scatter(aa["eps"], aa["robust_acc"], c=[palette[r] for r in aa["run"]], marker="x", s=70, zorder=5,
-                   label="AutoAttack")
-        ax.set_title(f"{'L-inf' if norm == 'linf' else 'L2'}: PGD (lines), AutoAttack (x)")
-        ax.set_ylabel("robust accuracy")
-        ax.grid(alpha=0.3)
-    if axes[0][-1].get_legend():
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title="run")
+    groups = _grouped(curves, families or {}, reference)
+    fig, axes = plt.subplots(len(groups), len(norms), figsize=(5.5 * len(norms), 3.4 * len(groups)), squeeze=False)
+    for row, (family, runs) in zip(axes, groups, strict=True):
+        palette = dict(zip(runs, sns.color_palette("tab10", len(runs)), strict=True))
+        if reference in curves:
+            palette[reference] = (0.0, 0.0, 0.0)
+        for ax, norm in zip(row, norms, strict=True):
+            d = tidy[(tidy["norm"] == norm) & tidy["run"].isin([*runs, reference])]
+            line = "pgd_nested" if "pgd_nested" in set(d["attack"]) else "pgd"  # PGD worst case over nested balls
+            sns.lineplot(data=d[d["attack"] == line], x="eps", y="robust_acc", hue="run", palette=palette,
+                         style="run", dashes={r: (4, 2) if r == reference else "" for r in palette}, marker="o",
+                         ax=ax, legend=ax is row[-1])
+            aa = d[d["attack"] == "autoattack"]
+            ax.scatter(aa["eps"], aa["robust_acc"], c=[palette[r] for r in aa["run"]], marker="x", s=70, zorder=5)
+            ax.set_title(f"{'L-inf' if norm == 'linf' else 'L2'}: {family}", fontsize=9)
+            ax.set_ylabel("robust accuracy")
+            ax.grid(alpha=0.3)
+        if row[-1].get_legend():
+            sns.move_legend(row[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title="PGD (x: AutoAttack)")
     fig.tight_layout()
     return fig
 
@@ -203,18 +244,12 @@ def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.Data
     return pd.DataFrame(rows).round(2).sort_values("run").reset_index(drop=True)
 
 
-PAPER_TABLE2 = {  # Jin & Rinard, Table 2: CIFAR-10, SmallCNN, L-inf 8/255, 120 s per example (clean / PGD / verified %)
-    "hamming_stability_verify": {"paper_clean": 36.66, "paper_pgd": 25.56, "paper_verified": 21.04},
-    "rs_loss": {"paper_clean": 40.45, "paper_pgd": 26.78, "paper_verified": 20.27},
-}
-
-
 def verification_table(verify: Sequence[Mapping], attack: Mapping[str, Mapping]) -> pd.DataFrame:
     """Paper Table 2 analog: per MILP-verified run and eps, on the same examples, clean / PGD-robust /
     AutoAttack-robust / verified accuracy (%), the gap PGD - verified split into its causes (examples
     that timed out, stayed unknown otherwise -- e.g. a margin within the numerical tolerance --, or were
     falsified by a counterexample PGD missed), median and p90 seconds per example, timeouts, unstable
-    ReLUs, the solver, and the paper's numbers for its two rows."""
+    ReLUs and the solver (the paper's numbers: ``robustlib.paper.TABLE2``, beside ours in the report)."""
     rows = []
     for m in verify:
         for eps, e in m["eps"].items():
@@ -232,6 +267,5 @@ def verification_table(verify: Sequence[Mapping], attack: Mapping[str, Mapping])
                          "gap_falsified": gap.get("falsified"), "unknown": e["unknown"], "timeouts": e["timeouts"],
                          "median_s": e["median_seconds"], "p90_s": e["p90_seconds"],
                          "unstable_median": e["unstable_median"],
-                         "solver": m.get("solver", {}).get("solver", "highs"),
-                         **PAPER_TABLE2.get(m["run"], {})})
+                         "solver": m.get("solver", {}).get("solver", "highs")})
     return pd.DataFrame(rows).round(3)

@@ -13,8 +13,10 @@ def test_every_profile_validates(root, profile):
         P.run_config(params, run)
 
 
-def test_committed_params_yaml_is_the_default_profile(root):
-    assert P.load(root / "params.yaml") == P.load(root / "profiles" / "default.yaml")
+def test_committed_params_yaml_is_the_profile_it_names(root):
+    """params.yaml is the active profile as `params use` writes it (the committed dvc.lock is for it)."""
+    active = P.load(root / "params.yaml")
+    assert active == P.load(root / "profiles" / f"{active['base']['profile']}.yaml")
 
 
 def test_profiles_carry_the_paper_settings(root):
@@ -65,3 +67,26 @@ def test_run_lookup_names_known_runs(root):
     params = P.load(root / "profiles" / "default.yaml")
     with pytest.raises(P.ParamsError, match="unknown run 'nope'.*standard"):
         P.run_config(params, "nope")
+
+
+def test_paper_profile_trains_preactresnet18_on_cpu(root):
+    """The paper profile's main run builds and takes a few training steps of PreActResNet18 on CPU
+    (its 100 epochs need a GPU: tests/test_cuda.py and benchmarks/results/paper_epoch.* when one is lent)."""
+    import dataclasses
+    import math
+
+    import torch
+
+    from robustlib.train import init_model, train
+
+    paper = P.load(root / "profiles" / "paper.yaml")
+    assert paper["attack"]["autoattack_version"] == "plus"
+    cfg = dataclasses.replace(P.run_config(paper, "hamming_stability"), epochs=1, batch_size=4)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+    before = init_model(cfg, "cpu").state_dict()
+    assert all(torch.equal(v, init_model(cfg, "cpu").state_dict()[k]) for k, v in before.items())  # seeded init
+    res = train(cfg, x, y, x[:2], y[:2], progress=False)
+    assert len(res.history) == 1 and math.isfinite(res.history[0]["train_loss"])
+    after = res.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())

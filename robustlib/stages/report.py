@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from robustlib import paths, provenance
+from robustlib import paper, paths, provenance
 from robustlib.io import atomic_write, read_json
 from robustlib.params import all_runs
 from robustlib.reports import (
@@ -21,6 +21,7 @@ from robustlib.reports import (
     learning_curves_figure,
     perceptual_settings,
     robustness_curves_figure,
+    run_family,
     save_figure,
     training_table,
     verification_figure,
@@ -45,14 +46,15 @@ def run(params_file: str = "params.yaml", output_root: str = ".", input_root: st
     t_train = training_table(train)
     write_table(t_train, tables / "train_summary")
     metrics = env.params.get("report", {}).get("curve_metrics", ["train_loss", "val_acc"])
-    save_figure(learning_curves_figure({r: pd.read_csv(paths.train_curve_path(inp, r)) for r in runs}, metrics),
-                figures / "learning_curves.png")
+    reference = env.params["attack"]["sanity"].get("undefended_run")
+    families = {m["run"]: run_family(m["objective"]) for m in train}
+    save_figure(learning_curves_figure({r: pd.read_csv(paths.train_curve_path(inp, r)) for r in runs}, metrics,
+                                       families, reference), figures / "learning_curves.png")
     t1 = attack_table(train, attack)
     write_table(t1, tables / "table1_attacks")
-    write_table(perceptual_settings(attack, env.params["attack"]["sanity"].get("undefended_run")),
-                tables / "perceptual_settings")
-    save_figure(robustness_curves_figure({r: pd.read_csv(paths.attack_curve_path(inp, r)) for r in runs}),
-                figures / "robustness_curves.png")
+    write_table(perceptual_settings(attack, reference), tables / "perceptual_settings")
+    save_figure(robustness_curves_figure({r: pd.read_csv(paths.attack_curve_path(inp, r)) for r in runs},
+                                         families, reference), figures / "robustness_curves.png")
     t2 = verification_table(verify, {m["run"]: m for m in attack})
     write_table(t2, tables / "table2_verification")
     milp = {r: pd.read_csv(paths.verify_results_path(inp, r)) for r in env.params["verify"]["milp_runs"]}
@@ -65,11 +67,30 @@ def run(params_file: str = "params.yaml", output_root: str = ".", input_root: st
                                   if "lipschitz_l2" in m else {})} for m in verify])
     write_table(certified, tables / "certified")
     write_table(benchmark_table(env.root / "benchmarks" / "results"), tables / "benchmark_objectives")
-    page = _report_markdown(env.params, out, inp)
+    comparisons = paper_comparisons(env.params["data"]["dataset"], train, t1, t2, inp)
+    write_table(pd.concat([c.assign(table=paper.TABLES[k].title) for k, (c, _) in comparisons.items()],
+                          ignore_index=True), tables / "paper_comparison")
+    page = _report_markdown(env.params, out, inp, comparisons, t_train)
     atomic_write(paths.report_path(out), lambda p: p.write_text(page))
     prov = provenance.record(env.root, params_file)
     atomic_write(paths.provenance_path(out), lambda p: p.write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n"))
     return {"train": t_train, "table1": t1, "table2": t2, "report": paths.report_path(out)}
+
+
+def paper_comparisons(dataset: str, train: list[dict], t1: pd.DataFrame, t2: pd.DataFrame, inp: Path
+                      ) -> dict[str, tuple[pd.DataFrame, list[str]]]:
+    """Our numbers beside each of the paper's tables (``robustlib.paper.compare``): Table 1 from our
+    Table 1 analogue, Table 2 from the verification rows at 8/255, Tables 3-4 from the ablations and
+    laplacian stages' tables, Appendix B from the neighbour statistics."""
+    models = {m["run"]: m["model"] for m in train}
+    tables = paths.tables_dir(inp)
+    at_8 = t2[(t2["eps"] - paper.PAPER_EPS).abs() < 1e-6] if len(t2) else t2
+    stats = read_json(tables / "neighbour_stats.json")
+    ours = {"table1": t1.set_index("run"), "table2": at_8.set_index("run") if len(at_8) else pd.DataFrame(),
+            "table3": pd.read_csv(tables / "ablation_table3.csv").set_index("run"),
+            "table4": pd.read_csv(tables / "laplacian_table4.csv").set_index("run"),
+            "appendix_b": pd.DataFrame([{k: stats[k] for k in ("mean", "median", "p10")}], index=["data"])}
+    return {key: paper.compare(paper.TABLES[key], ours[key], models, dataset) for key in paper.TABLES}
 
 
 def benchmark_table(folder: Path) -> pd.DataFrame:
@@ -103,10 +124,52 @@ def _section(title: str, md_table: Path, out: Path, note: str = "") -> list[str]
     return [f"## {title}", "", body, f"Source: `{md_table.relative_to(out).with_suffix('.csv')}`. {note}", ""]
 
 
-def _report_markdown(params: dict, out: Path, inp: Path) -> str:
-    """The one-page report; its own tables and figures are under ``out``, the ablations and laplacian
-    stages' under ``inp``."""
+def _our_setting(params: dict, t_train: pd.DataFrame, key: str, inp: Path) -> str:
+    """Our setting in the words the paper's table uses (network, data, training, examples, attack)."""
     data, ap, vp = params["data"], params["attack"], params["verify"]
+    runs = [r for r in paper.TABLES[key].rows if r in set(t_train["run"])]
+    tr = t_train.set_index("run").loc[runs] if runs else t_train.iloc[:0]
+    trained = (f"{'/'.join(sorted(set(tr['model'])))}, {data['dataset']}, "
+               f"{'/'.join(str(e) for e in sorted(set(tr['epochs'])))} epoch(s) on {'/'.join(str(n) for n in sorted(set(tr['n_train'])))} "
+               "training images" if len(tr) else f"{data['dataset']}, none of the paper's runs in this profile")
+    if key == "table1":
+        return (f"{trained}; first {ap['n_test']} test images; AutoAttack {ap['autoattack_version']} (the paper: "
+                "AutoAttack+, full), linf_worst = the worst case over FGSM, PGD, AutoAttack and transfer; L2 eps "
+                f"{ap['l2_eps']}; minutes on {params['base'].get('threads', 2)} CPU threads")
+    if key == "table2":
+        return (f"{trained}; first {vp['n_test']} test images; PGD {vp['pgd_steps']}x{vp['pgd_restarts']} before "
+                f"the MILP; {vp['solver']} with {vp['time_limit']} s per example on {vp['processes']} process(es)")
+    if key in ("table3", "table4"):
+        return (f"{trained}; first {ap['n_test']} test images; PGD {ap['pgd_steps']} steps x {ap['pgd_restarts']} "
+                f"restarts at L-inf {ap['linf_eps']}")
+    stats = read_json(paths.tables_dir(inp) / "neighbour_stats.json")
+    return f"{data['dataset']}: {stats['n_sampled']} of {stats['n_train']} training images (our training split)"
+
+
+def _paper_block(key: str, comparisons: dict, params: dict, t_train: pd.DataFrame, inp: Path) -> list[str]:
+    """Our numbers beside the paper's table ``key``, the two settings, and one verdict line per claim."""
+    table, orders = comparisons[key]
+    t = paper.TABLES[key]
+    counts = table["verdict"].str.extract(r"^(reproduced|not reproduced|not testable here)")[0].value_counts()
+    lines = [f"**Beside the paper ({t.title}).** Paper: {t.setting}. Ours: {_our_setting(params, t_train, key, inp)}.",
+             "", table.drop(columns=["run"]).to_markdown(index=False), "",
+             f"Verdicts ({paper.PAPER}; a number is reproduced within {paper.TOLERANCE_POINTS:g} points"
+             + (f", a distance within {100 * paper.TOLERANCE_RELATIVE:g}%" if not t.percent else "") + "):",
+             f"- numbers: {int(counts.get('reproduced', 0))} reproduced, {int(counts.get('not reproduced', 0))} not "
+             f"reproduced, {int(counts.get('not testable here', 0))} not testable here (column `verdict`)"]
+    lines += [f"- {line}" for line in orders] + [f"- note: {n}" for n in t.notes] + [""]
+    return lines
+
+
+def _report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_train: pd.DataFrame) -> str:
+    """The one-page report; its own tables and figures are under ``out``, the ablations and laplacian
+    stages' under ``inp``; each table with a counterpart in the paper is followed by the paper's
+    numbers beside ours and the verdicts (``comparisons``, from ``paper_comparisons``)."""
+    data, ap, vp = params["data"], params["attack"], params["verify"]
+
+    def beside(key: str) -> list[str]:
+        return _paper_block(key, comparisons, params, t_train, inp)
+
     t, f = paths.tables_dir(out), "figures"
     t_in, f_in = paths.tables_dir(inp), Path(os.path.relpath(paths.figures_dir(inp), out)).as_posix()
     lines = [
@@ -137,6 +200,7 @@ def _report_markdown(params: dict, out: Path, inp: Path) -> str:
                       "AutoAttack's gradient-free Square broke examples APGD and FAB missed; survivors were "
                       f"re-attacked by Square with {ap['square_escalation']}x queries and restarts "
                       "(0: not re-attacked, AutoAttack standard as published).")
+    lines += beside("table1")
     lines += _section("Perceptual attacks: budgets and positive controls", t / "perceptual_settings.md", out,
                       "Budgets as Laidlaw et al. 2021 use them on CIFAR-10 (they give none for MNIST); the "
                       "undefended run's accuracy under each attack must not exceed control_max (the attack stage "
@@ -151,14 +215,16 @@ def _report_markdown(params: dict, out: Path, inp: Path) -> str:
                                                 else "") + "; a timeout, solver error or margin within that "
                       "tolerance is never counted as verified. pgd_minus_verified is split into gap_timeout "
                       "(time limit), gap_unknown_other (e.g. margin within the tolerance) and gap_falsified "
-                      "(a counterexample PGD missed). paper_*: Jin & Rinard's Table 2, which is CIFAR-10 at "
-                      "8/255 with 120 s per example (a different dataset, budget and training length).")
+                      "(a counterexample PGD missed).")
+    lines += beside("table2")
     lines += [f"![verification]({f}/verification.png)", ""]
     lines += _section("Certified accuracy (IBP; Lipschitz for spectral-norm runs)", t / "certified.md", out)
     lines += _section("Table 3 analog: ablations", t_in / "ablation_table3.md", inp)
+    lines += beside("table3")
     lines += _section("Regularization-strength sweep", t_in / "ablation_sweep.md", inp)
     lines += [f"![sweep]({f_in}/ablation_sweep.png)", ""]
     lines += _section("Table 4 analog: sparse vs dense Laplacian regularizer", t_in / "laplacian_table4.md", inp)
+    lines += beside("table4")
     stats = t_in / "neighbour_stats.json"
     if stats.exists():
         s = json.loads(stats.read_text())
@@ -167,6 +233,7 @@ def _report_markdown(params: dict, out: Path, inp: Path) -> str:
                   f"{s['median']:.3f}, 10th percentile {s['p10']:.3f}; {100 * s['fraction_closer_than_2r']:.2f}% "
                   f"are closer than twice the ball's L2 radius ({s['ball_radius_l2']:.3f}).", "",
                   f"![neighbour distances]({f_in}/neighbour_distances.png)", ""]
+        lines += beside("appendix_b")
     lines += _section("Cost per training step (benchmark)", t / "benchmark_objectives.md", out,
                       "Measured by `python benchmarks/bench_objectives.py` (not by the pipeline).")
     return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""The paper's numbers and claims (Jin & Rinard, "Efficient Regularization for Robust Deep ReLU
+Networks", ICLR 2022 submission; ../shared/DESIGN.md lists them) and their comparison with ours.
+
+Each ``PaperTable`` maps our run names to the paper's rows and our table columns to its numbers, in
+the paper's setting (dataset, network). Two kinds of claim are checked:
+
+- a number (e.g. Table 2's 21.04% verified): *reproduced* when ours is within ``TOLERANCE_POINTS``
+  points (``TOLERANCE_RELATIVE`` for distances), *not reproduced* (by how much) otherwise, and *not
+  testable here* when our setting differs (another dataset or network) or the run is missing;
+- an order between two runs on the same network (e.g. Table 4: the sparse regularizer is more robust
+  than the dense one): *reproduced* when ours has the same order, *not reproduced* (by how much)
+  otherwise. Orders are tested on any network and dataset; the setting is stated beside the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+PAPER = "Jin & Rinard (ICLR 2022 submission)"
+TOLERANCE_POINTS = 3.0
+"""A number in percent is reproduced when ours is within this many points of the paper's."""
+TOLERANCE_RELATIVE = 0.03
+"""A number that is not a percentage (a distance) is reproduced within this relative difference."""
+PAPER_EPS = 8 / 255
+
+
+@dataclass(frozen=True)
+class Order:
+    """A claim that run ``better`` beats run ``worse`` on ``metric`` (higher is better unless
+    ``lower_is_better``), with the paper's two values."""
+
+    text: str
+    better: str
+    worse: str
+    metric: str
+    paper: tuple[float, float]
+    lower_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One of the paper's tables: its setting, its numbers keyed by our run and column, its orders."""
+
+    key: str
+    title: str
+    dataset: str
+    model: str | None  # None: a property of the data, whatever the network
+    setting: str  # the paper's setting in words (budget, attack, examples, training, hardware)
+    rows: Mapping[str, str]  # our run -> the paper's row label
+    values: Mapping[str, Mapping[str, float]]  # our run -> our column -> the paper's number
+    orders: tuple[Order, ...] = ()
+    percent: bool = True  # False: the values are distances (relative tolerance)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+TABLE1 = PaperTable(
+    key="table1", title="Table 1", dataset="cifar10", model="preactresnet18",
+    setting="PreActResNet18, CIFAR-10, all 10,000 test images, AutoAttack+ (full) at L-inf 8/255 and L2 1.0, "
+            "Laidlaw et al.'s perceptual attacks; the AT rows are taken from Laidlaw et al. 2021; minutes on one "
+            "RTX 1080",
+    rows={"hamming_stability": "Ours", "pgd_at": "AT L-inf"},
+    values={"hamming_stability": {"clean": 72.1, "linf_worst": 36.8, "l2_AA": 43.4, "spatial": 28.4,
+                                  "recolor": 63.1, "JPEG": 34.2, "NPTM": 9.1},
+            "pgd_at": {"clean": 86.8, "linf_worst": 49.0, "l2_AA": 19.2, "spatial": 4.8, "recolor": 54.5,
+                       "JPEG": 3.2, "NPTM": 0.0}},
+    orders=tuple(Order(f"Hamming+stability is more robust than L-inf PGD-AT under {name}", "hamming_stability",
+                       "pgd_at", col, vals) for name, col, vals in (
+        ("L2 AutoAttack", "l2_AA", (43.4, 19.2)), ("StAdv (spatial)", "spatial", (28.4, 4.8)),
+        ("ReColorAdv", "recolor", (63.1, 54.5)), ("JPEG-L-inf", "JPEG", (34.2, 3.2)),
+        ("NPTM (LPA/PPGD)", "NPTM", (9.1, 0.0)))) + (
+        Order("Hamming+stability trains faster than L-inf PGD-AT (paper: 252 vs 1620 minutes, 6.4x)",
+              "hamming_stability", "pgd_at", "train_minutes", (252.0, 1620.0), lower_is_better=True),),
+)
+
+TABLE2 = PaperTable(
+    key="table2", title="Table 2", dataset="cifar10", model="smallcnn",
+    setting="SmallCNN (conv 16, conv 32, fc 128), CIFAR-10, L-inf 8/255, all 10,000 test images, PGD 20x10, "
+            "MILP (Tjeng et al.) with 120 s per example on 8 cores",
+    rows={"hamming_stability_verify": "Hamming regularization", "rs_loss": "RS loss (Xiao et al.)"},
+    values={"hamming_stability_verify": {"clean": 36.66, "pgd": 25.56, "verified": 21.04},
+            "rs_loss": {"clean": 40.45, "pgd": 26.78, "verified": 20.27}},
+    orders=(Order("Hamming regularization verifies more examples than RS loss", "hamming_stability_verify",
+                  "rs_loss", "verified", (21.04, 20.27)),),
+)
+
+TABLE3 = PaperTable(
+    key="table3", title="Table 3", dataset="cifar10", model="preactresnet18",
+    setting="PreActResNet18, CIFAR-10, PGD 20 steps x 10 restarts at L-inf 8/255",
+    rows={"hamming_stability": "Hamming+stability", "stability_only": "stability only",
+          "hamming_only": "Hamming only", "pgd_at": "PGD-AT", "fgsm_at": "FGSM-AT"},
+    values={"hamming_stability": {"clean_%": 72.1, "pgd_linf_%": 40.54},
+            "stability_only": {"clean_%": 34.74, "pgd_linf_%": 20.11},
+            "hamming_only": {"clean_%": 90.24, "pgd_linf_%": 24.87},
+            "pgd_at": {"clean_%": 87.3, "pgd_linf_%": 45.8},
+            "fgsm_at": {"clean_%": 90.3, "pgd_linf_%": 0.0}},
+    orders=(Order("Hamming+stability is more robust (PGD) than stability only", "hamming_stability",
+                  "stability_only", "pgd_linf_%", (40.54, 20.11)),
+            Order("Hamming+stability is more robust (PGD) than Hamming only", "hamming_stability", "hamming_only",
+                  "pgd_linf_%", (40.54, 24.87)),
+            Order("PGD-AT is more robust (PGD) than Hamming+stability", "pgd_at", "hamming_stability",
+                  "pgd_linf_%", (45.8, 40.54)),
+            Order("Hamming+stability is more robust (PGD) than plain FGSM-AT", "hamming_stability", "fgsm_at",
+                  "pgd_linf_%", (40.54, 0.0))),
+)
+
+TABLE4 = PaperTable(
+    key="table4", title="Table 4", dataset="cifar10", model="preactresnet18",
+    setting="PreActResNet18, CIFAR-10, PGD at L-inf 8/255",
+    rows={"hamming_stability": "sparse", "dense_laplacian": "dense"},
+    values={"hamming_stability": {"clean_%": 69.95, "pgd_linf_%": 40.54},
+            "dense_laplacian": {"clean_%": 64.08, "pgd_linf_%": 35.04}},
+    orders=(Order("The sparse regularizer is more robust (PGD) than the dense Laplacian", "hamming_stability",
+                  "dense_laplacian", "pgd_linf_%", (40.54, 35.04)),
+            Order("The sparse regularizer has higher clean accuracy than the dense Laplacian", "hamming_stability",
+                  "dense_laplacian", "clean_%", (69.95, 64.08))),
+)
+
+APPENDIX_B = PaperTable(
+    key="appendix_b", title="Appendix B", dataset="cifar10", model=None,
+    setting="nearest-neighbour L2 distances of 10,000 of the 50,000 CIFAR-10 training images",
+    rows={"data": "training images"},
+    values={"data": {"mean": 9.597, "median": 9.405, "p10": 5.867}},
+    percent=False,
+    notes=("The paper also reports 21 images (0.21%) closer than twice the L2 radius of the 8/255 ball "
+           "(2 x 1.739); neighbour_stats.json gives ours.",),
+)
+
+TABLES = {t.key: t for t in (TABLE1, TABLE2, TABLE3, TABLE4, APPENDIX_B)}
+
+
+def _number(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _setting_gap(table: PaperTable, dataset: str, model: str | None) -> str | None:
+    """Why a number of ``table`` cannot be compared with ours, or None when the settings match."""
+    if dataset != table.dataset:
+        return f"paper: {table.dataset}; ours: {dataset}"
+    if table.model is not None and model != table.model:
+        return f"paper: {table.model}; ours: {model or 'run missing'}"
+    return None
+
+
+def number_verdict(paper: float, ours: float | None, percent: bool = True, gap: str | None = None) -> str:
+    """The verdict on one number: reproduced / not reproduced (by how much) / not testable here (why)."""
+    if gap is not None:
+        return f"not testable here ({gap})"
+    if ours is None:
+        return "not testable here (not measured in this profile)"
+    diff = ours - paper
+    if percent:
+        ok, by = abs(diff) <= TOLERANCE_POINTS, f"{diff:+.2f} points"
+    else:
+        ok, by = abs(diff) <= TOLERANCE_RELATIVE * abs(paper), f"{100 * diff / paper:+.1f}%"
+    return f"reproduced ({by})" if ok else f"not reproduced ({by})"
+
+
+def order_verdict(order: Order, better: float | None, worse: float | None) -> str:
+    """The verdict on an order claim: reproduced when ours has the paper's order."""
+    if better is None or worse is None:
+        return "not testable here (not measured in this profile)"
+    margin = (worse - better) if order.lower_is_better else (better - worse)
+    unit = " minutes" if order.metric == "train_minutes" else " points"
+    if order.metric == "train_minutes" and better > 0:
+        ratio = f", {worse / better:.1f}x"
+    else:
+        ratio = ""
+    if margin > 0:
+        return f"reproduced (ahead by {margin:.2f}{unit}{ratio})"
+    return f"not reproduced (behind by {-margin:.2f}{unit}{ratio})" if margin < 0 else "not reproduced (a tie)"
+
+
+def compare(table: PaperTable, ours: pd.DataFrame, models: Mapping[str, str], dataset: str
+            ) -> tuple[pd.DataFrame, list[str]]:
+    """Our numbers beside the paper's for ``table``: a long table (paper row, our run, column, paper,
+    ours, ours - paper, verdict) and one verdict line per order claim. ``ours`` is indexed by run name
+    (``"data"`` for a dataset property); ``models`` maps our runs to their network."""
+    rows = []
+    for run, cols in table.values.items():
+        gap = _setting_gap(table, dataset, models.get(run) if table.model else None)
+        for col, paper_value in cols.items():
+            v = _number(ours.at[run, col]) if run in ours.index and col in ours.columns else None
+            rows.append({"paper_row": table.rows[run], "run": run, "metric": col, "paper": paper_value,
+                         "ours": "-" if v is None else round(v, 3),  # a difference only where the settings match
+                         "ours_minus_paper": "-" if v is None or gap else round(v - paper_value, 3),
+                         "verdict": number_verdict(paper_value, v, table.percent, gap)})
+    lines = []
+    for o in table.orders:
+        get = (lambda r: _number(ours.at[r, o.metric]) if r in ours.index and o.metric in ours.columns else None)
+        b, w = get(o.better), get(o.worse)
+        shown = "-" if b is None or w is None else f"{b:.2f} vs {w:.2f}"
+        nets = "/".join(sorted({models[r] for r in (o.better, o.worse) if r in models})) or "runs missing"
+        lines.append(f"{o.text}: paper {o.paper[0]:g} vs {o.paper[1]:g}, ours {shown} "
+                     f"({o.better} vs {o.worse}; {dataset}, {nets}) -- {order_verdict(o, b, w)}")
+    return pd.DataFrame(rows), lines

@@ -1,0 +1,58 @@
+"""The paper comparison: numbers within 3 points are reproduced, orders are checked on our runs, and a
+different dataset or network is 'not testable here', never a silent pass."""
+
+import pandas as pd
+
+from robustlib import paper
+
+
+def _ours(rows):
+    return pd.DataFrame(rows).set_index("run")
+
+
+def test_numbers_within_three_points_are_reproduced_and_outside_are_not():
+    ours = _ours([{"run": "hamming_stability_verify", "clean": 36.66 + 2.99, "pgd": 25.56 - 3.2, "verified": None},
+                  {"run": "rs_loss", "clean": 40.45, "pgd": 26.78, "verified": 20.27}])
+    models = {"hamming_stability_verify": "smallcnn", "rs_loss": "smallcnn"}
+    table, lines = paper.compare(paper.TABLE2, ours, models, "cifar10")
+    v = table.set_index(["run", "metric"])["verdict"]
+    assert v["hamming_stability_verify", "clean"] == "reproduced (+2.99 points)"
+    assert v["hamming_stability_verify", "pgd"] == "not reproduced (-3.20 points)"
+    assert v["hamming_stability_verify", "verified"].startswith("not testable here (not measured")
+    assert v["rs_loss", "verified"] == "reproduced (+0.00 points)"
+    assert len(lines) == 1 and "not testable here" in lines[0]  # the order needs both verified numbers
+    assert table.set_index(["run", "metric"]).at[("hamming_stability_verify", "pgd"), "ours_minus_paper"] == -3.2
+    assert "smallcnn" in lines[0] and "cifar10" in lines[0]
+
+
+def test_another_dataset_or_network_is_not_testable_but_orders_are_checked():
+    ours = _ours([{"run": "hamming_stability", "clean_%": 91.0, "pgd_linf_%": 8.0},
+                  {"run": "dense_laplacian", "clean_%": 94.0, "pgd_linf_%": 14.0}])
+    models = {"hamming_stability": "smallcnn", "dense_laplacian": "smallcnn"}
+    table, lines = paper.compare(paper.TABLE4, ours, models, "mnist")
+    assert set(table["verdict"]) == {"not testable here (paper: cifar10; ours: mnist)"}
+    assert set(table["ours_minus_paper"]) == {"-"} and list(table["ours"]) == [91.0, 8.0, 94.0, 14.0]
+    table, lines = paper.compare(paper.TABLE4, ours, models, "cifar10")
+    assert set(table["verdict"]) == {"not testable here (paper: preactresnet18; ours: smallcnn)"}
+    assert lines[0].endswith("not reproduced (behind by 6.00 points)")
+    assert lines[1].endswith("not reproduced (behind by 3.00 points)")
+    swapped = ours.rename(index={"hamming_stability": "dense_laplacian", "dense_laplacian": "hamming_stability"})
+    _, lines = paper.compare(paper.TABLE4, swapped, models, "cifar10")
+    assert lines[0].endswith("reproduced (ahead by 6.00 points)")
+
+
+def test_training_time_order_is_lower_is_better_with_the_ratio():
+    ours = _ours([{"run": "hamming_stability", "train_minutes": 10.0}, {"run": "pgd_at", "train_minutes": 25.0}])
+    _, lines = paper.compare(paper.TABLE1, ours, {}, "cifar10")
+    speed = [line for line in lines if "trains faster" in line]
+    assert speed == [speed[0]] and speed[0].endswith("reproduced (ahead by 15.00 minutes, 2.5x)")
+    # perceptual columns that were not run ("-" or "n/a" in Table 1) are not measured, never a pass
+    assert all("not testable here" in line for line in lines if "StAdv" in line)
+
+
+def test_distances_use_a_relative_tolerance():
+    assert paper.number_verdict(9.597, 9.8, percent=False) == "reproduced (+2.1%)"
+    assert paper.number_verdict(9.597, 10.0, percent=False) == "not reproduced (+4.2%)"
+    ours = pd.DataFrame([{"mean": 9.6, "median": 9.0, "p10": 5.867}], index=["data"])
+    table, _ = paper.compare(paper.APPENDIX_B, ours, {}, "cifar10")
+    assert list(table["verdict"]) == ["reproduced (+0.0%)", "not reproduced (-4.3%)", "reproduced (+0.0%)"]
