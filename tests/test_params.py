@@ -16,7 +16,9 @@ def test_every_profile_validates(root, profile):
 def test_committed_params_yaml_is_the_profile_it_names(root):
     """params.yaml is the active profile as `params use` writes it (the committed dvc.lock is for it)."""
     active = P.load(root / "params.yaml")
-    assert active == P.load(root / "profiles" / f"{active['base']['profile']}.yaml")
+    profile = P.load(root / "profiles" / f"{active['base']['profile']}.yaml")
+    profile["base"]["profile"] = active["base"]["profile"]  # `use` names the profile (profiles inherit the key)
+    assert active == profile
 
 
 def test_profiles_carry_the_paper_settings(root):
