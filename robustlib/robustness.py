@@ -43,7 +43,8 @@ def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks
     ``groups`` (attack -> threat model name) adds the per-example worst case ``worst_<threat>`` of
     each threat model. An attack raising ``NotApplicable`` gets no column; its reason is logged and
     kept in ``table.attrs["not_applicable"]``; each attack's wall seconds are in
-    ``table.attrs["seconds"]`` and the scalars of its ``AttackResult.info`` in ``table.attrs["info"]``.
+    ``table.attrs["seconds"]`` and the scalars of its ``AttackResult.info`` in ``table.attrs["info"]``
+    (``scalar_info``: tensors are dropped in the worker, before its result is pickled back).
     ``points``, if a dict, receives each attack's points. The global torch RNG is seeded with ``seed``
     before each attack, so results do not depend on the order attacks run in.
 
@@ -74,7 +75,7 @@ def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks
             n_a[name] = reason
             continue
         seconds[name] = secs
-        info[name] = {k: v for k, v in result.info.items() if isinstance(v, (bool, int, float, str))}
+        info[name] = result.info
         x_adv = result.points
         if threats and name in threats:
             check_points(x, x_adv, threats[name], name)
@@ -105,7 +106,15 @@ def _run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Map
             result, reason = None, str(err)
     if result is not None and not isinstance(result, AttackResult):
         raise TypeError(f"attack {name!r} returned {type(result).__name__}, not an AttackResult")
+    if result is not None:  # only the scalars go back (a worker pickles its result; flows, offsets stay here)
+        result = AttackResult(result.points, scalar_info(result.info))
     return name, result, reason, round(time.perf_counter() - t0, 2)
+
+
+def scalar_info(info: Mapping[str, object]) -> dict[str, bool | int | float | str]:
+    """The scalar entries of an ``AttackResult.info`` (what the results keep; tensors such as StAdv's
+    flow are dropped)."""
+    return {k: v for k, v in info.items() if isinstance(v, (bool, int, float, str))}
 
 
 def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps_grid: Sequence[float],
