@@ -150,7 +150,9 @@ def validate(params: Mapping[str, Any]) -> None:
             raise ParamsError(f"attack.{key}: unknown run {params['attack'][key]!r}")
     _validate_verify(params["verify"])
     named = [*params["verify"]["milp_runs"], *params["ablations"]["table_runs"], *params["ablations"]["sweep_runs"],
-             params["laplacian"]["sparse_run"], params["laplacian"]["dense_run"]]
+             params["laplacian"]["sparse_run"]]
+    if params["laplacian"].get("dense_run") is not None:  # null: no dense run in this profile (Table 4: sparse only)
+        named.append(params["laplacian"]["dense_run"])
     unknown = sorted(set(named) - set(all_runs(params)))
     if unknown:
         raise ParamsError(f"verify/ablations/laplacian name unknown runs {unknown}; runs: {all_runs(params)}")

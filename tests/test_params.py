@@ -6,7 +6,7 @@ import yaml
 from robustlib import params as P
 
 
-@pytest.mark.parametrize("profile", ["default", "smoke", "cifar10-cpu", "paper"])
+@pytest.mark.parametrize("profile", ["default", "smoke", "cifar10-cpu", "paper", "mnist-survey"])
 def test_every_profile_validates(root, profile):
     params = P.load(root / "profiles" / f"{profile}.yaml")
     for run in params["runs"]:
@@ -57,12 +57,20 @@ def test_use_profile_writes_params_and_rejects_unknown(tmp_path, root):
     (lambda p: p["data"].update(dataset="imagenet"), "data.dataset must be one of"),
     (lambda p: p["verify"].update(solver="gurobi"), "verify.solver must be one of"),
     (lambda p: p["verify"].update(shard_size=0), "verify.shard_size must be"),
+    (lambda p: p["laplacian"].update(dense_run="dense"), r"name unknown runs \['dense'\]"),
 ])
 def test_bad_params_fail_early_naming_the_key(root, tmp_path, mutate, match):
     params = P.load(root / "profiles" / "default.yaml")
     mutate(params)
     with pytest.raises(P.ParamsError, match=match):
         P.validate(params)
+
+
+def test_profiles_without_a_dense_run_validate(root):
+    """laplacian.dense_run: null (Table 4 lists the sparse run only) -- the default profile's case."""
+    params = P.load(root / "profiles" / "default.yaml")
+    assert params["laplacian"]["dense_run"] is None and "dense_laplacian" not in params["runs"]
+    assert P.load(root / "profiles" / "mnist-survey.yaml")["laplacian"]["dense_run"] == "dense_laplacian"
 
 
 def test_run_lookup_names_known_runs(root):
