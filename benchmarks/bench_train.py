@@ -46,19 +46,23 @@ class StepTimer:
     """Times training steps of one objective on one model with fixed random data."""
 
     def __init__(self, model_name: str, objective: Mapping[str, Any], batch: int, eps: float = 0.3,
-                 seed: int = 0, spectral_norm: bool = False, compile_regularizer: bool = True) -> None:
+                 seed: int = 0, spectral_norm: bool = False, compile_regularizer: bool = True,
+                 model_kwargs: Mapping[str, Any] = MNIST, norm: str = "linf", device: str = "cpu") -> None:
         self.compile = "1" if compile_regularizer else "0"
         torch.manual_seed(seed)
-        self.model = build_model(model_name, spectral_norm=spectral_norm, **MNIST).train()
+        kw = dict(model_kwargs)
+        self.model = build_model(model_name, spectral_norm=spectral_norm, **kw).train().to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
         # lr=0: every step does the full work of a real step on the same weights, so timings do
         # not drift with the weights (diverging weights could slow steps down through denormals).
         self.objective = build_objective(objective, ramp=None)
         g = torch.Generator().manual_seed(seed)
-        self.x = torch.rand(batch, 1, 28, 28, generator=g)
-        self.y = torch.randint(0, 10, (batch,), generator=g)
-        self.threat = ThreatModel("linf", eps)
-        self.gen = torch.Generator().manual_seed(seed + 1)
+        size = int(kw.get("image_size", 28))
+        self.x = torch.rand(batch, int(kw.get("in_channels", 1)), size, size, generator=g).to(device)
+        self.y = torch.randint(0, int(kw.get("num_classes", 10)), (batch,), generator=g).to(device)
+        self.threat = ThreatModel(norm, eps)
+        self.gen = torch.Generator(device=device).manual_seed(seed + 1)
+        self.device = torch.device(device)
 
     def step(self) -> None:
         os.environ["ROBUSTLIB_COMPILE"] = self.compile
@@ -72,6 +76,8 @@ class StepTimer:
         t0 = time.perf_counter()
         for _ in range(steps):
             self.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         return (time.perf_counter() - t0) / steps
 
 
