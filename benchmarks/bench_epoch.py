@@ -15,7 +15,6 @@ import json
 import math
 import platform
 import time
-from pathlib import Path
 
 import torch
 from bench_train import RESULTS, StepTimer, time_interleaved

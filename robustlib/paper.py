@@ -192,10 +192,12 @@ def compare(table: PaperTable, ours: pd.DataFrame, models: Mapping[str, str], da
                          "ours": "-" if v is None else round(v, 3),  # a difference only where the settings match
                          "ours_minus_paper": "-" if v is None or gap else round(v - paper_value, 3),
                          "verdict": number_verdict(paper_value, v, table.percent, gap)})
+    def value(run: str, metric: str) -> float | None:
+        return _number(ours.at[run, metric]) if run in ours.index and metric in ours.columns else None
+
     lines = []
     for o in table.orders:
-        get = (lambda r: _number(ours.at[r, o.metric]) if r in ours.index and o.metric in ours.columns else None)
-        b, w = get(o.better), get(o.worse)
+        b, w = value(o.better, o.metric), value(o.worse, o.metric)
         shown = "-" if b is None or w is None else f"{b:.2f} vs {w:.2f}"
         nets = "/".join(sorted({models[r] for r in (o.better, o.worse) if r in models})) or "runs missing"
         lines.append(f"{o.text}: paper {o.paper[0]:g} vs {o.paper[1]:g}, ours {shown} "

@@ -10,6 +10,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 SETUP = "import logging\n\nlogging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')"
+OUT = 'output_root: str = "runs/explore"  # reports/<profile> under DVC'
 EXPLORE = (
     "# Parameters: DVC passes these from params.yaml with papermill -p. The defaults below run the\n"
     "# smoke profile into a scratch folder, so the notebook also runs as it is in JupyterLab.\n"
@@ -32,7 +33,7 @@ NOTEBOOKS = {
                           "interrupted run resumes from its last completed epoch."),
         new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # reports/<profile> under DVC', metadata={"tags": ["parameters"]}),
+                      + OUT, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import train as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.Series(metrics, name=run).to_frame()"),
         new_code_cell("from pathlib import Path\n\nfrom robustlib import paths\n"
@@ -47,7 +48,7 @@ NOTEBOOKS = {
                           "PPGD): perceptual-advex's `alexnet_cifar` architecture (Laidlaw et al. 2021) on the "
                           "dataset's training split, the same network for every attacked run (`lpips` params)."),
         new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # reports/<profile> under DVC', metadata={"tags": ["parameters"]}),
+                      + OUT, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import lpips as stage"),
         new_code_cell("metrics = stage.run(params_file, output_root)\npd.Series(metrics, name='lpips').to_frame()"),
     ],
@@ -57,7 +58,7 @@ NOTEBOOKS = {
                           "robustness curves, and the sanity checks of Carlini et al. (2019), which fail the stage."),
         new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # reports/<profile> under DVC; the train notebook must have run there',
+                      + OUT + '; the train notebook must have run there',
                       metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import attack as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\n"
@@ -74,7 +75,7 @@ NOTEBOOKS = {
                           "after a float32 replay."),
         new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      'output_root: str = "runs/explore"  # reports/<profile> under DVC; train and attack must have run there',
+                      + OUT + '; train and attack must have run there',
                       metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import verify as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.DataFrame(metrics['eps']).T"),

@@ -129,9 +129,11 @@ def _our_setting(params: dict, t_train: pd.DataFrame, key: str, inp: Path) -> st
     data, ap, vp = params["data"], params["attack"], params["verify"]
     runs = [r for r in paper.TABLES[key].rows if r in set(t_train["run"])]
     tr = t_train.set_index("run").loc[runs] if runs else t_train.iloc[:0]
-    trained = (f"{'/'.join(sorted(set(tr['model'])))}, {data['dataset']}, "
-               f"{'/'.join(str(e) for e in sorted(set(tr['epochs'])))} epoch(s) on {'/'.join(str(n) for n in sorted(set(tr['n_train'])))} "
-               "training images" if len(tr) else f"{data['dataset']}, none of the paper's runs in this profile")
+    def joined(column: str) -> str:
+        return "/".join(str(v) for v in sorted(set(tr[column])))
+
+    trained = (f"{joined('model')}, {data['dataset']}, {joined('epochs')} epoch(s) on {joined('n_train')} training "
+               "images" if len(tr) else f"{data['dataset']}, none of the paper's runs in this profile")
     if key == "table1":
         return (f"{trained}; first {ap['n_test']} test images; AutoAttack {ap['autoattack_version']} (the paper: "
                 "AutoAttack+, full), linf_worst = the worst case over FGSM, PGD, AutoAttack and transfer; L2 eps "
