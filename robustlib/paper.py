@@ -39,6 +39,8 @@ class Order:
     metric: str
     paper: tuple[float, float]
     lower_is_better: bool = False
+    strict_metric: str | None = None  # our stricter measure of the same quantity (e.g. the worst case over every
+    # attack beside the paper's PGD): its verdict is stated next to the paper metric's
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,13 @@ TABLE3 = PaperTable(
             "pgd_at": {"clean_%": 87.3, "pgd_linf_%": 45.8},
             "fgsm_at": {"clean_%": 90.3, "pgd_linf_%": 0.0}},
     orders=(Order("Hamming+stability is more robust (PGD) than stability only", "hamming_stability",
-                  "stability_only", "pgd_linf_%", (40.54, 20.11)),
+                  "stability_only", "pgd_linf_%", (40.54, 20.11), strict_metric="worst_linf_%"),
             Order("Hamming+stability is more robust (PGD) than Hamming only", "hamming_stability", "hamming_only",
-                  "pgd_linf_%", (40.54, 24.87)),
+                  "pgd_linf_%", (40.54, 24.87), strict_metric="worst_linf_%"),
             Order("PGD-AT is more robust (PGD) than Hamming+stability", "pgd_at", "hamming_stability",
-                  "pgd_linf_%", (45.8, 40.54)),
+                  "pgd_linf_%", (45.8, 40.54), strict_metric="worst_linf_%"),
             Order("Hamming+stability is more robust (PGD) than plain FGSM-AT", "hamming_stability", "fgsm_at",
-                  "pgd_linf_%", (40.54, 0.0))),
+                  "pgd_linf_%", (40.54, 0.0), strict_metric="worst_linf_%")),
 )
 
 TABLE4 = PaperTable(
@@ -114,7 +116,7 @@ TABLE4 = PaperTable(
     values={"hamming_stability": {"clean_%": 69.95, "pgd_linf_%": 40.54},
             "dense_laplacian": {"clean_%": 64.08, "pgd_linf_%": 35.04}},
     orders=(Order("The sparse regularizer is more robust (PGD) than the dense Laplacian", "hamming_stability",
-                  "dense_laplacian", "pgd_linf_%", (40.54, 35.04)),
+                  "dense_laplacian", "pgd_linf_%", (40.54, 35.04), strict_metric="worst_linf_%"),
             Order("The sparse regularizer has higher clean accuracy than the dense Laplacian", "hamming_stability",
                   "dense_laplacian", "clean_%", (69.95, 64.08))),
 )
@@ -200,6 +202,11 @@ def compare(table: PaperTable, ours: pd.DataFrame, models: Mapping[str, str], da
         b, w = value(o.better, o.metric), value(o.worse, o.metric)
         shown = "-" if b is None or w is None else f"{b:.2f} vs {w:.2f}"
         nets = "/".join(sorted({models[r] for r in (o.better, o.worse) if r in models})) or "runs missing"
-        lines.append(f"{o.text}: paper {o.paper[0]:g} vs {o.paper[1]:g}, ours {shown} "
-                     f"({o.better} vs {o.worse}; {dataset}, {nets}) -- {order_verdict(o, b, w)}")
+        line = (f"{o.text}: paper {o.paper[0]:g} vs {o.paper[1]:g}, ours {shown} "
+                f"({o.better} vs {o.worse}; {dataset}, {nets}) -- {order_verdict(o, b, w)}")
+        if o.strict_metric:
+            sb, sw = value(o.better, o.strict_metric), value(o.worse, o.strict_metric)
+            if sb is not None and sw is not None:
+                line += f"; by {o.strict_metric} (stricter): {sb:.2f} vs {sw:.2f} -- {order_verdict(o, sb, sw)}"
+        lines.append(line)
     return pd.DataFrame(rows), lines
