@@ -79,7 +79,7 @@ def test_run_lookup_names_known_runs(root):
         P.run_config(params, "nope")
 
 
-def test_paper_profile_trains_preactresnet18_on_cpu(root):
+def test_paper_profile_trains_preactresnet18_on_cpu(root, monkeypatch):
     """The paper profile's main run builds and takes a few training steps of PreActResNet18 on CPU
     (its 100 epochs need a GPU: tests/test_cuda.py and benchmarks/results/paper_epoch.* when one is lent)."""
     import dataclasses
@@ -89,6 +89,7 @@ def test_paper_profile_trains_preactresnet18_on_cpu(root):
 
     from robustlib.train import init_model, train
 
+    monkeypatch.setenv("ROBUSTLIB_COMPILE", "0")  # the eager Hamming function: no compilation in a test
     paper = P.load(root / "profiles" / "paper.yaml")
     assert paper["attack"]["autoattack_version"] == "plus"
     cfg = dataclasses.replace(P.run_config(paper, "hamming_stability"), epochs=1, batch_size=4)
