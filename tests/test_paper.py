@@ -25,6 +25,21 @@ def test_numbers_within_three_points_are_reproduced_and_outside_are_not():
     assert "smallcnn" in lines[0] and "cifar10" in lines[0]
 
 
+def test_an_optional_reading_is_compared_only_in_profiles_that_define_it():
+    ours = _ours([{"run": "hamming_stability_verify", "clean": 10.0, "pgd": 10.0, "verified": 10.0},
+                  {"run": "hamming_stability_verify_mean", "clean": 37.0, "pgd": 25.0, "verified": 22.0},
+                  {"run": "rs_loss", "clean": 40.45, "pgd": 26.78, "verified": 20.27}])
+    models = {"hamming_stability_verify": "smallcnn", "rs_loss": "smallcnn"}
+    table, lines = paper.compare(paper.TABLE2, ours, models, "cifar10")
+    assert "hamming_stability_verify_mean" not in set(table["run"]) and len(lines) == 1
+    assert lines[0].endswith("not reproduced (behind by 10.27 points)")
+    table, lines = paper.compare(paper.TABLE2, ours, {**models, "hamming_stability_verify_mean": "smallcnn"}, "cifar10")
+    v = table.set_index(["run", "metric"])["verdict"]
+    assert v["hamming_stability_verify_mean", "clean"] == "reproduced (+0.34 points)"
+    assert len(lines) == 2 and lines[1].startswith("Hamming regularization (batch-mean reading)")
+    assert lines[1].endswith("-- reproduced (ahead by 1.73 points)")
+
+
 def test_another_dataset_or_network_is_not_testable_but_orders_are_checked():
     ours = _ours([{"run": "hamming_stability", "clean_%": 91.0, "pgd_linf_%": 8.0},
                   {"run": "dense_laplacian", "clean_%": 94.0, "pgd_linf_%": 14.0}])
