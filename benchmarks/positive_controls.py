@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=5, help="training epochs of the standard SmallCNN")
     p.add_argument("--lpips-epochs", type=int, default=3, help="training epochs of the LPIPS network")
     p.add_argument("--n-train", type=int, default=None,
-                   help="training images (default: the profile's 20000; 0: every training image not held out for "
-                        "validation, 49000)")
+                   help="training images (default: the profile's, every training image not held out for validation: "
+                        "49000; 0: the same)")
     p.add_argument("--n", type=int, default=100, help="attacked test examples")
     p.add_argument("--model", default="smallcnn", help="architecture of the standard run (models.build_model name)")
     p.add_argument("--pgd-restarts", type=int, default=None,
