@@ -11,11 +11,18 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from robustlib import results
+from robustlib.data import dataset_info
 from robustlib.io import atomic_write
 
 
+CHANCE_MARGIN = 0.02
+"""A run whose clean accuracy is within this of 1 / classes is flagged ``at_chance`` (a collapsed network)."""
+
+
 def training_table(metrics: Sequence[Mapping]) -> pd.DataFrame:
-    """One row per run: clean accuracy (%) and training minutes, from the train stage's metrics."""
+    """One row per run: clean accuracy (%) and training minutes, from the train stage's metrics;
+    ``at_chance``: clean accuracy within ``CHANCE_MARGIN`` of guessing (the network collapsed, e.g. to a
+    constant: what the attack and verification tables say of it is about that network)."""
     rows = [{
         "run": m["run"],
         "model": m["model"],
@@ -25,6 +32,7 @@ def training_table(metrics: Sequence[Mapping]) -> pd.DataFrame:
         "clean_acc_%": round(100 * m["clean_acc"], 2),
         "n_test": m["n_test"],
         "train_minutes": round(m["train_minutes"], 2),
+        "at_chance": bool(m["clean_acc"] <= 1 / dataset_info(m["dataset"]).num_classes + CHANCE_MARGIN),
     } for m in metrics]
     return pd.DataFrame(rows).sort_values("run").reset_index(drop=True)
 

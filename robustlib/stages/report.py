@@ -181,7 +181,10 @@ def _report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_tr
         f"(L-inf eps {ap['linf_eps']}, L2 eps {ap['l2_eps']}); robust means every attack of that threat model "
         f"failed on the example (worst case per example).", "",
     ]
-    lines += _section("Training: clean accuracy and training time", t / "train_summary.md", out)
+    chance = sorted(t_train.loc[t_train["at_chance"], "run"])
+    lines += _section("Training: clean accuracy and training time", t / "train_summary.md", out,
+                      f"At chance level (collapsed; every attack and verification number of these runs describes "
+                      f"that network): {', '.join(chance)}." if chance else "")
     lines += [f"![learning curves]({f}/learning_curves.png)", ""]
     lines += _section("Table 1 analog: clean and robust accuracy (%) under each attack", t / "table1_attacks.md", out,
                       "linf_worst = clean AND FGSM, PGD, AutoAttack and transfer all failed. Perceptual columns "
