@@ -14,7 +14,6 @@ from robustlib import results
 from robustlib.data import dataset_info
 from robustlib.io import atomic_write
 
-
 CHANCE_MARGIN = 0.02
 """A run whose clean accuracy is within this of 1 / classes is flagged ``at_chance`` (a collapsed network)."""
 
