@@ -38,7 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=5, help="training epochs of the standard SmallCNN")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs of the standard run")
     p.add_argument("--lpips-epochs", type=int, default=3, help="training epochs of the LPIPS network")
     p.add_argument("--n-train", type=int, default=None,
                    help="training images (default: the profile's, every training image not held out for validation: "
