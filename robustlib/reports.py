@@ -36,6 +36,20 @@ def training_table(metrics: Sequence[Mapping]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("run").reset_index(drop=True)
 
 
+def describe_objective(objective: Mapping[str, object]) -> str:
+    """A run's objective (``runs.<run>.objective`` of params) in words: each term's weight and its other
+    settings, e.g. ``ce 1 + hamming 9000 (alpha 8) + stability 0.4 (reduction sum)``."""
+    parts = []
+    for name, spec in objective.items():
+        if isinstance(spec, Mapping):
+            extra = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k} {v}"
+                              for k, v in spec.items() if k != "weight")
+            parts.append(f"{name} {float(spec.get('weight', 1.0)):g}" + (f" ({extra})" if extra else ""))
+        else:
+            parts.append(f"{name} {float(spec):g}")
+    return " + ".join(parts)
+
+
 FAMILIES = (("the paper's method and ablations", frozenset({"hamming", "stability", "dense_laplacian"})),
             ("adversarial training", frozenset({"pgd_at", "fgsm", "fgsm_at", "trades"})))
 OTHER_FAMILY = "the survey's regularizers"

@@ -14,3 +14,13 @@ def test_runs_at_chance_level_are_flagged():
     flags = dict(zip(t["run"], t["at_chance"], strict=True))
     assert flags == {"collapsed": True, "edge": True, "learning": False, "mnist": False}
     assert list(t["clean_acc_%"]) == [10.0, 12.0, 13.0, 98.0]
+
+
+def test_objectives_are_described_with_every_weight_and_setting():
+    from robustlib.reports import describe_objective
+
+    rs = {"pgd_at": {"weight": 1.0, "steps": 8}, "l1": 2.0e-5, "rs_loss": {"weight": 1.0e-4, "reduction": "sum"}}
+    assert describe_objective(rs) == "pgd_at 1 (steps 8) + l1 2e-05 + rs_loss 0.0001 (reduction sum)"
+    hs = {"ce": 1.0, "hamming": {"weight": 9000.0, "alpha": 8.0}, "stability": {"weight": 0.4}}
+    assert describe_objective(hs) == "ce 1 + hamming 9000 (alpha 8) + stability 0.4"
+    assert describe_objective({"fgsm": 1.0, "margin": {"margin": 1.0}}) == "fgsm 1 + margin 1 (margin 1)"

@@ -18,6 +18,7 @@ from robustlib.io import atomic_write, read_json
 from robustlib.params import all_runs
 from robustlib.reports import (
     attack_table,
+    describe_objective,
     learning_curves_figure,
     perceptual_settings,
     robustness_curves_figure,
@@ -134,6 +135,10 @@ def _our_setting(params: dict, t_train: pd.DataFrame, key: str, inp: Path) -> st
 
     trained = (f"{joined('model')}, {data['dataset']}, {joined('epochs')} epoch(s) on {joined('n_train')} training "
                "images" if len(tr) else f"{data['dataset']}, none of the paper's runs in this profile")
+    objectives = "; ".join(f"{r} = {describe_objective(params['runs'][r]['objective'])}" for r in runs
+                           if (params["runs"].get(r) or {}).get("objective"))
+    if objectives:
+        trained += f" (objectives: {objectives})"
     if key == "table1":
         return (f"{trained}; first {ap['n_test']} test images; AutoAttack {ap['autoattack_version']} (the paper: "
                 "AutoAttack+, full), linf_worst = the worst case over FGSM, PGD, AutoAttack and transfer; L2 eps "
