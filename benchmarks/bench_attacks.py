@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model = load_model(ckpt)
     test = load_split(args.dataset, train=False, root=args.data)
-    idx = torch.arange(args.n)
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:args.n]  # a random sample: the
+    # packed CIFAR-10 test arrays are sorted by class (their first n would be one class)
     x, y = test.images(idx), test.labels(idx)
     res: dict = {"checkpoint": str(ckpt), "n": args.n, "threads": args.threads, "clean_acc": _acc(model, x, y),
                  "torch": torch.__version__, "platform": platform.platform(), "note": args.note}

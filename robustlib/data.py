@@ -189,16 +189,25 @@ class Split:
     def load(cls, path: str | os.PathLike) -> Split:
         return cls(**json.loads(Path(path).read_text()))
 
+    def evaluation_order(self) -> list[int]:
+        """The split's test indices in the order evaluations take them: a permutation seeded by the
+        split's seed. ``test`` is sorted, and a stored test set may be ordered by class (the packed
+        CIFAR-10 arrays are), so a prefix of ``test`` itself is no random sample."""
+        order = np.random.default_rng([int(self.seed), 1]).permutation(len(self.test))
+        return [int(self.test[i]) for i in order]
+
     def test_examples(self, n: int, root: str | os.PathLike | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """The first ``n`` test examples of the split (images, labels, indices into the official test
-        set): every evaluation stage of a run takes the same examples in the same order."""
+        """The first ``n`` test examples in ``evaluation_order`` (images, labels, indices into the
+        official test set): a uniform random sample of the split's test set, the same examples in the
+        same order for every evaluation stage and every run with this split; a smaller ``n`` gives a
+        prefix of a larger one."""
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         if n > len(self.test):
             raise ValueError(f"asked for {n} test examples, the {self.dataset} split holds {len(self.test)}: "
                              "raise data.n_test (and retrain) or lower the stage's n_test")
-        idx = self.test[:n]
+        idx = self.evaluation_order()[:n]
         test = load_split(self.dataset, train=False, root=root)
         return test.images(idx), test.labels(idx), idx
 

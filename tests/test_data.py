@@ -156,17 +156,36 @@ def test_crop_flip_is_a_shifted_or_flipped_copy():
         assert ok
 
 
-def test_split_test_examples_are_the_first_n_of_the_split(tmp_path):
-    """Every evaluation stage takes the first n test examples of the run's split, in order; asking for
-    more than the split holds is an error, not a silent shortfall."""
+def test_split_test_examples_are_the_first_n_of_the_evaluation_order(tmp_path):
+    """Every evaluation stage takes the first n test examples of the split's seeded evaluation order;
+    asking for more than the split holds is an error, not a silent shortfall."""
     from robustlib.data import Split, make_split
 
     data = _write_idx(tmp_path / "MNIST" / "raw", n_train=12, n_test=9)
     split = make_split("mnist", 12, 9, 8, 2, 6, seed=3)
     split.save(tmp_path / "split.json")
     x, y, idx = Split.load(tmp_path / "split.json").test_examples(4, tmp_path)
-    assert idx == split.test[:4] and len(set(idx)) == 4
+    order = split.evaluation_order()
+    assert idx == order[:4] and sorted(order) == split.test and len(set(idx)) == 4
     assert torch.equal(x[:, 0], torch.from_numpy(data["t10k"][0][idx]).float() / 255)
     assert y.tolist() == data["t10k"][1][idx].tolist()
+    assert split.test_examples(6, tmp_path)[2][:4] == idx  # a smaller n is a prefix of a larger one
     with pytest.raises(ValueError, match="split holds 6"):
         split.test_examples(7, tmp_path)
+
+
+def test_evaluation_sample_is_random_when_the_stored_test_set_is_sorted_by_class(tmp_path):
+    """The packed CIFAR-10 test arrays are sorted by class: the first 100 evaluation examples of a split over
+    all 1,000 test images (here 10 classes x 100, sorted) hold every class, not only the first one."""
+    from robustlib.data import make_split
+
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    x = np.zeros((1000, 32, 32, 3), dtype=np.uint8)
+    np.savez_compressed(folder / "train_1.npz", x=x[:20], y=np.zeros(20, dtype=np.int64))
+    np.savez_compressed(folder / "test.npz", x=x, y=np.repeat(np.arange(10), 100).astype(np.int64))
+    split = make_split("cifar10", 20, 1000, None, 2, None, seed=0)
+    assert split.test == list(range(1000))  # sorted: its prefix would be class 0 only
+    counts = np.bincount(split.test_examples(100, tmp_path)[1].numpy(), minlength=10)
+    assert counts.min() >= 3 and counts.max() <= 20, counts
+    assert make_split("cifar10", 20, 1000, None, 2, None, seed=0).evaluation_order() == split.evaluation_order()
