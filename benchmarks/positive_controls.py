@@ -13,7 +13,9 @@ root (see profiles/cifar10-cpu.yaml).
     python benchmarks/positive_controls.py [--model smallcnn] [--epochs 5] [--n-train N] [--lpips-epochs 3]
         [--n 100] [--pgd-restarts R] [--max-acc 0.05] [--out DIR]
 
-Writes benchmarks/results/positive_controls.{json,md} (SmallCNN) or positive_controls_<model>.{json,md}.
+Writes benchmarks/results/positive_controls.{json,md} (SmallCNN) or positive_controls_<model>.{json,md}, with
+``_<tag>`` appended given ``--tag``. ``--reuse --out DIR``: judge the models already in runs/DIR (e.g. a
+profile's trained ``standard`` with its split.json under runs/DIR/runs/standard/).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-acc", type=float, default=0.05,
                    help="accuracy each perceptual attack must bring the standard run to (the issue's 5%%)")
     p.add_argument("--out", default=None, help="run directory under runs/ (default positive_controls[_<model>])")
+    p.add_argument("--tag", default=None, help="results go to positive_controls[_<model>]_<tag>.{json,md}")
     p.add_argument("--reuse", action="store_true",
                    help="reuse the trained models (classifier, LPIPS network) found in the run directory")
     args = p.parse_args(argv)
@@ -79,11 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
     limits = {a: args.max_acc for a in params["attack"]["sanity"]["perceptual_max_acc"]}
     params["attack"]["sanity"]["perceptual_max_acc"] = {}
     params["lpips"]["epochs"] = args.lpips_epochs
-    for key in ("milp_runs",):
-        params["verify"][key] = ["standard"]
+    params["verify"]["milp_runs"] = ["standard"]
     params["ablations"] = {"table_runs": ["standard"], "sweep_runs": ["standard"]}
     params["laplacian"] = {**params["laplacian"], "sparse_run": "standard", "dense_run": "standard"}
-    suffix = "" if args.model == "smallcnn" else f"_{args.model}"
+    suffix = ("" if args.model == "smallcnn" else f"_{args.model}") + (f"_{args.tag}" if args.tag else "")
     out = Path("runs") / (args.out or f"positive_controls{suffix}")
     (root / out).mkdir(parents=True, exist_ok=True)
     pfile = out / "params.yaml"
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "attacked_examples": am["n"], "budgets": am["perceptual_budgets"],
                     "pgd_restarts": params["attack"]["pgd_restarts"],
                     "lpips_network": am["lpips_network"]},
-        "clean_acc": am["clean_acc"], "test_acc": tm.get("clean_acc"), "val_acc": tm.get("val_acc"),
+        "clean_acc": am["clean_acc"], "test_acc": tm.get("clean_acc"), "test_n": tm.get("n_test"),
+        "val_acc": tm.get("val_acc"),
         "controls": controls, "failed": failed,
         "attack_seconds": am["seconds"], "lpips_train_minutes": lm["train_minutes"],
         "minutes": round((time.perf_counter() - t0) / 60, 2),
@@ -122,8 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     lines = ["# Perceptual attacks: positive controls on CIFAR-10", "",
              f"Undefended {args.model} (`standard`, {args.epochs} epochs on {result['setting']['n_train']} CIFAR-10 "
              f"training images, augmentation {result['setting']['augment']}), clean accuracy "
-             f"{100 * am['clean_acc']:.1f}% on the first {am['n']} test examples ({100 * tm['clean_acc']:.1f}% on "
-             f"{tm.get('n_test', '?')}). "
+             f"{100 * am['clean_acc']:.1f}% on the {am['n']} attacked test examples (the first of the split's "
+             f"seeded evaluation order: a random sample), {100 * tm['clean_acc']:.1f}% on its "
+             f"{tm.get('n_test', '?')} test images. "
              f"LPIPS network: `{lm['model']}` trained {lm['epochs']} epoch(s), test accuracy "
              f"{100 * lm['test_acc']:.1f}%, sha256 {lm['sha256'][:12]}.", "",
              "| attack | budget | accuracy % | must be <= % | seconds |", "|---|---|---|---|---|"]
