@@ -20,7 +20,9 @@ PY
   "$PYTHON" -m venv "$VENV"
 fi
 
-key="$(cat "$ROOT/pyproject.toml" "$ROOT/requirements.lock" | sha256sum | cut -d' ' -f1)"
+# the key names this checkout too: the editable install points at $ROOT, so a second checkout (e.g. a git
+# worktree) sharing this venv reinstalls it, and running this again here points it back
+key="$( { echo "$ROOT"; cat "$ROOT/pyproject.toml" "$ROOT/requirements.lock"; } | sha256sum | cut -d' ' -f1)"
 stamp="$VENV/.robustlib-install-key"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
   echo "[bootstrap] installing robustlib and its pinned dependencies (first run: a few minutes)"
