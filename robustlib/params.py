@@ -41,7 +41,7 @@ SCHEMA: dict[str, set[str]] = {
     "finetunes": set(),  # named runs starting from another run's checkpoint (init_from: <run name>)
     "run_names": set(),  # every run name (runs, then finetunes): written by `use`, checked here
     "attack": {"n_test", "batch_size", "linf_eps", "l2_eps", "pgd_steps", "pgd_restarts", "autoattack_version",
-               "square_escalation", "processes", "transfer_from", "perceptual", "curve_n", "curve_linf_eps",
+               "square_queries", "square_escalation", "processes", "transfer_from", "perceptual", "curve_n", "curve_linf_eps",
                "curve_l2_eps", "sanity"},
     "verify": {"n_test", "eps", "milp_runs", "time_limit", "processes", "pgd_steps", "pgd_restarts", "bounds",
                "solver", "shard_size", "margin_atol", "margin_rtol", "margin_float32"},

@@ -4,6 +4,7 @@ pyautoattack's checks made fatal on every batch."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -326,7 +327,7 @@ def test_square_escalation_keeps_only_hits(net):
     q = _Quantized(model)
     x0, y0 = x[:6].clone(), y[:6]
     survived = torch.ones(6, dtype=torch.bool)
-    x_adv, left = _escalate_square(q, x0, y0, x0.clone(), survived.clone(), ThreatModel("linf", 0.3), 0, 4, 1)
+    x_adv, left = _escalate_square(q, x0, y0, x0.clone(), survived.clone(), ThreatModel("linf", 0.3), 0, 4, 1, 5000)
     with torch.no_grad():
         wrong = q(x_adv).argmax(1) != y0
     assert torch.equal(left, ~wrong & survived)
@@ -337,6 +338,28 @@ def test_square_escalation_rejects_negative_counts(net):
     model, x, y = net
     with pytest.raises(ValueError, match="square_escalation"):
         autoattack(model, x[:4], y[:4], ThreatModel("linf", 0.3), square_escalation=-1)
+    with pytest.raises(ValueError, match="square_queries"):
+        autoattack(model, x[:4], y[:4], ThreatModel("linf", 0.3), square_queries=0)
+
+
+def test_square_runs_the_given_query_budget(net, monkeypatch):
+    """``square_queries`` is the budget Square runs with, in AutoAttack and in the escalation re-run
+    (``square_escalation`` times it)."""
+    from pyautoattack.square import SquareAttack
+
+    budgets = []
+    perturb = SquareAttack.perturb
+
+    def recording(self, *args, **kwargs):
+        budgets.append(self.n_queries)
+        return perturb(self, *args, **kwargs)
+
+    monkeypatch.setattr(SquareAttack, "perturb", recording)
+    model, x, y = net
+    with contextlib.suppress(AttackCheckError):  # so small a budget may leave zero-gradient survivors
+        autoattack(_Quantized(model), x[:8], y[:8], ThreatModel("linf", 0.3), batch_size=8, square_queries=30,
+                   square_escalation=2)
+    assert budgets[0] == 30 and budgets[1:] and set(budgets[1:]) == {60}  # AutoAttack's Square, then the re-run
 
 
 def test_zero_gradient_survivors_proven_robust_by_bounds_do_not_fail():

@@ -28,7 +28,7 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     ws = tmp_path / "ws"
     for f in filter(None, files):
         src = root / f
-        if src.is_file() and not f.startswith(("reports/", "runs/")) and f != "dvc.lock":
+        if src.is_file() and not f.startswith(("reports/", "runs/", "checkpoints/")) and f != "dvc.lock":
             (ws / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, ws / f)
     out = ws / "reports" / "smoke"  # the smoke profile's results; other profiles' are not copied ...

@@ -103,11 +103,13 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks_to_ru
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, version: str = "standard",
-               seed: int = 0, batch_size: int = 500, square_escalation: int = 2) -> AttackResult:
+               seed: int = 0, batch_size: int = 500, square_escalation: int = 2,
+               square_queries: int = SQUARE_QUERIES) -> AttackResult:
     """AutoAttack ``version`` (standard: APGD-CE, APGD-T, FAB-T, Square) in the ``threat`` ball. Returns
     a point for every example: the adversarial point where an attack succeeded, the clean input
     otherwise (robust, or already misclassified). Raises ``AttackCheckError`` when any of AutoAttack's
-    checks flags the model on any batch. ``square_escalation``: see the module notes. ``info``:
+    checks flags the model on any batch. ``square_escalation``: see the module notes. ``square_queries``:
+    Square's query budget (AutoAttack standard: 5000; fewer is a weaker, labelled evaluation). ``info``:
     ``square_stronger`` (did the flag fire), ``escalated`` (examples re-attacked) and
     ``escalation_hits`` (of those, broken by the re-run)."""
     check_inputs(x, y)
@@ -117,6 +119,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
         raise ValueError(f"unknown AutoAttack version {version!r}; expected one of {VERSIONS}")
     batch_size = check_count("batch_size", batch_size, 1)
     square_escalation = check_count("square_escalation", square_escalation, 0)
+    square_queries = check_count("square_queries", square_queries, 1)
     from pyautoattack import AutoAttack
 
     x = x.detach()
@@ -125,6 +128,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     device = x.device
     with eval_mode(model):
         aa = AutoAttack(model, device=device, eps=float(eps), norm=_NORMS[norm], seed=int(seed), version=version)
+        aa.square.n_queries = square_queries
         fatal = _FatalLogger(deferred=("zero_gradients", "square_stronger"))
         aa.logger = fatal
         aa.apgd.logger = fatal
@@ -140,7 +144,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     escalated = int(survived.sum()) if square_stronger and square_escalation else 0
     if escalated:
         x_adv, survived = _escalate_square(model, x, y, x_adv, survived, threat, seed, batch_size,
-                                           square_escalation)
+                                           square_escalation, square_queries)
     elif square_stronger:
         logger.warning("autoattack: Square beat the gradient attacks; square_escalation=0, not re-run")
     info = {"square_stronger": square_stronger, "escalated": escalated,
@@ -171,7 +175,8 @@ def _certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
         return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
 
-def _escalate_square(model, x, y, x_adv, survived, threat: ThreatModel, seed: int, batch_size: int, factor: int):
+def _escalate_square(model, x, y, x_adv, survived, threat: ThreatModel, seed: int, batch_size: int, factor: int,
+                     queries: int):
     """Re-attack the survivors with Square (``factor`` x queries and restarts, a seed AutoAttack did not
     use); keep any hit."""
     from pyautoattack.square import SquareAttack
@@ -179,7 +184,7 @@ def _escalate_square(model, x, y, x_adv, survived, threat: ThreatModel, seed: in
     idx = survived.nonzero().flatten()
     logger.warning("autoattack: Square beat the gradient attacks; re-running Square with %dx queries and restarts "
                    "on the %d surviving examples", factor, len(idx))
-    sq = SquareAttack(model, norm=_NORMS[threat.norm], n_queries=SQUARE_QUERIES * factor, eps=threat.eps,
+    sq = SquareAttack(model, norm=_NORMS[threat.norm], n_queries=queries * factor, eps=threat.eps,
                       n_restarts=factor, seed=seed + 1, device=x.device)
     with eval_mode(model):
         for s in chunks(len(idx), batch_size):

@@ -44,7 +44,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     linf, l2 = ThreatModel("linf", float(ap["linf_eps"])), ThreatModel("l2", float(ap["l2_eps"]))
     steps, restarts, bs = int(ap["pgd_steps"]), int(ap["pgd_restarts"]), int(ap["batch_size"])
     aa = partial(autoattack, version=ap["autoattack_version"], seed=seed, batch_size=bs,
-                 square_escalation=int(ap["square_escalation"]))
+                 square_escalation=int(ap["square_escalation"]), square_queries=int(ap["square_queries"]))
 
     def gen() -> torch.Generator:
         return torch.Generator(device=x.device).manual_seed(seed)
@@ -113,7 +113,8 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
         "lpips_network": lpips_info,
         "not_applicable": not_applicable,
         "sanity": sanity,
-        "autoattack": {"version": ap["autoattack_version"], "square_escalation": int(ap["square_escalation"]),
+        "autoattack": {"version": ap["autoattack_version"], "square_queries": int(ap["square_queries"]),
+                       "square_escalation": int(ap["square_escalation"]),
                        **{n: table.attrs["info"].get(f"aa_{n}", {}) for n in ("linf", "l2")}},
         "seconds": seconds,
         "minutes": round((time.perf_counter() - t_start) / 60, 3),

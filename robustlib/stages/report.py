@@ -209,7 +209,10 @@ def _report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_tr
                       "but every example it then broke is broken in linf_worst (the stage fails otherwise). "
                       "PGD_below_FGSM: PGD broke fewer examples than FGSM at some eps (curves or the standard eps), "
                       "another sign of gradient masking; linf_worst takes FGSM per example. "
-                      "AA_square_flag: "
+                      f"AutoAttack's Square ran {int(ap['square_queries'])} queries"
+                      + ("" if int(ap["square_queries"]) == 5000 else
+                         " (AutoAttack standard: 5000; a weaker evaluation than the published one)")
+                      + ". AA_square_flag: "
                       "threat models where "
                       "AutoAttack's gradient-free Square broke examples APGD and FAB missed; survivors were "
                       f"re-attacked by Square with {ap['square_escalation']}x queries and restarts "

@@ -154,7 +154,8 @@ def _autoattack_robust(model, x, y, idx, eps: float, ap: dict, attack_table: pd.
         return ok, "verify stage", 0.0, 0
     threat = ThreatModel("linf", eps)
     aa = partial(autoattack, threat=threat, version=ap["autoattack_version"], seed=seed,
-                 batch_size=int(ap["batch_size"]), square_escalation=int(ap["square_escalation"]))
+                 batch_size=int(ap["batch_size"]), square_escalation=int(ap["square_escalation"]),
+                 square_queries=int(ap["square_queries"]))
     t0 = time.perf_counter()
     table = Background(evaluate_attacks, model, x[todo], y[todo], {"aa_linf": aa}, index=[idx[i] for i in todo],
                        threats={"aa_linf": threat}, batch_size=int(ap["batch_size"]),

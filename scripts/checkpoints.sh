@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Keep the active profile's expensive state in git, under checkpoints/, for machines that do not keep
+# the DVC cache (.dvc/cache) or the ignored run folders between sittings:
+#   - checkpoints/files/: a DVC remote (`checkpoints`, .dvc/config) holding the DVC-cached outputs that
+#     dvc.lock names (model.pt, split.json, executed notebooks), content-addressed by their md5;
+#   - checkpoints/progress/<profile>/: the state of unfinished stages (each run's resume.pt, the LPIPS
+#     network's resume.pt, verify shards), as the last `save` found them.
+#
+#   bash scripts/checkpoints.sh save      # after a stage finishes or before stopping; then commit checkpoints/
+#   bash scripts/checkpoints.sh restore   # on a fresh clone (set-up done): then `dvc repro` skips what the
+#                                         # lock and the restored outputs agree on, and resumes the rest
+# A restored output is used only if its md5 is the one dvc.lock records; a resume.pt only by the same
+# training configuration (robustlib.train checks its hash).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=.venv/bin/python
+DVC=.venv/bin/dvc
+[ -x "$DVC" ] || { echo "no .venv: run 'bash -c \"source scripts/bootstrap.sh\"' first" >&2; exit 2; }
+profile=$("$PY" -c "import yaml; print(yaml.safe_load(open('params.yaml'))['base']['profile'])")
+runs="reports/$profile/runs"
+progress="checkpoints/progress/$profile"
+
+case "${1:-}" in
+  save)
+    "$DVC" push -r checkpoints
+    rm -rf "$progress"
+    if [ -d "$runs" ]; then
+      (cd "$runs" && find . -type f \( -name resume.pt -o -path '*/verify_shards/*' \)) | while read -r f; do
+        mkdir -p "$progress/$(dirname "$f")"
+        cp -p "$runs/$f" "$progress/$f"
+      done
+    fi
+    echo "saved: checkpoints/ ($(du -sh checkpoints | cut -f1)); commit it with the results"
+    ;;
+  restore)
+    "$DVC" pull -r checkpoints --allow-missing
+    if [ -d "$progress" ]; then
+      mkdir -p "$runs"
+      cp -rpn "$progress/." "$runs/"  # never overwrites newer local state
+    fi
+    "$DVC" status || true
+    ;;
+  *)
+    echo "usage: bash scripts/checkpoints.sh save|restore" >&2
+    exit 2
+    ;;
+esac
