@@ -25,6 +25,10 @@ CROSS_RUN = (
     'output_root: str = "runs/explore"  # reports/<profile> under DVC'
 )
 
+# Training notebooks: papermill stores every refresh of a progress bar as a separate output (100 epochs of
+# CIFAR-10 made an 8.7 MB executed notebook), so dvc.yaml turns the bars off.
+PROGRESS = "progress: bool = True  # per-step progress bars; dvc.yaml passes False (the log has one line per epoch)"
+
 NOTEBOOKS = {
     "10_train.ipynb": [
         new_markdown_cell("# Train one named run\n\nTrains the run named `run` in the params file "
@@ -33,9 +37,10 @@ NOTEBOOKS = {
                           "interrupted run resumes from its last completed epoch."),
         new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      + OUT, metadata={"tags": ["parameters"]}),
+                      + OUT + "\n" + PROGRESS, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import train as stage"),
-        new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.Series(metrics, name=run).to_frame()"),
+        new_code_cell("metrics = stage.run(run, params_file, output_root, progress)\n"
+                      "pd.Series(metrics, name=run).to_frame()"),
         new_code_cell("from pathlib import Path\n\nfrom robustlib import paths\n"
                       "from robustlib.params import project_root\n"
                       "from robustlib.reports import learning_curves_figure\n\n"
@@ -48,9 +53,10 @@ NOTEBOOKS = {
                           "PPGD): perceptual-advex's `alexnet_cifar` architecture (Laidlaw et al. 2021) on the "
                           "dataset's training split, the same network for every attacked run (`lpips` params)."),
         new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
-                      + OUT, metadata={"tags": ["parameters"]}),
+                      + OUT + "\n" + PROGRESS, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import lpips as stage"),
-        new_code_cell("metrics = stage.run(params_file, output_root)\npd.Series(metrics, name='lpips').to_frame()"),
+        new_code_cell("metrics = stage.run(params_file, output_root, progress)\n"
+                      "pd.Series(metrics, name='lpips').to_frame()"),
     ],
     "20_attack.ipynb": [
         new_markdown_cell("# Attack one named run\n\nFGSM, PGD (L-inf, L2), AutoAttack (with its checks), a transfer "
