@@ -36,7 +36,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda p: torch.save(obj, p))
+    """``torch.save`` through an open file, atomically. Given a path, torch names the zip archive's root
+    folder after it (here a random temporary name), so two saves of the same object would differ in bytes
+    and in their DVC md5; through a file object the folder is always ``archive``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:

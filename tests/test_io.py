@@ -17,6 +17,17 @@ def test_checkpoint_roundtrip_rebuilds_an_eval_model(tmp_path):
     assert torch.equal(loaded(x), model.eval()(x))
 
 
+def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
+    """DVC records checkpoints by md5: equal weights must make equal files, whatever the file is called
+    and whatever temporary name the atomic write used."""
+    torch.manual_seed(0)
+    model = build_model("smallcnn", in_channels=1, image_size=28, num_classes=10, mean=(0.1,), std=(0.3,))
+    save_model(model, tmp_path / "model.pt")
+    (tmp_path / "other").mkdir()
+    save_model(model, tmp_path / "other" / "checkpoint.pt")
+    assert (tmp_path / "model.pt").read_bytes() == (tmp_path / "other" / "checkpoint.pt").read_bytes()
+
+
 def test_spectral_norm_checkpoint_roundtrip(tmp_path):
     model = build_model("mlp", spectral_norm=True, hidden=(16,), mean=(0.0,), std=(1.0,))
     model(torch.rand(2, 1, 28, 28))
