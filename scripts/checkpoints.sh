@@ -13,8 +13,8 @@
 # training configuration (robustlib.train checks its hash).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY=.venv/bin/python
-DVC=.venv/bin/dvc
+PY=${PY:-.venv/bin/python}   # the tests point these at their interpreter's environment
+DVC=${DVC:-.venv/bin/dvc}
 [ -x "$DVC" ] || { echo "no .venv: run 'bash -c \"source scripts/bootstrap.sh\"' first" >&2; exit 2; }
 profile=$("$PY" -c "import yaml; print(yaml.safe_load(open('params.yaml'))['base']['profile'])")
 runs="reports/$profile/runs"
@@ -38,7 +38,7 @@ case "${1:-}" in
       mkdir -p "$runs"
       cp -rpn "$progress/." "$runs/"  # never overwrites newer local state
     fi
-    "$DVC" status || true
+    echo "restored what checkpoints/ holds for profile $profile; \`dvc status\` lists what is left to run"
     ;;
   *)
     echo "usage: bash scripts/checkpoints.sh save|restore" >&2

@@ -68,6 +68,16 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     assert other.read_text() == "another profile's committed report\n"
     second = _run([dvc, "repro"], ws)
     assert "Running stage" not in second and "up to date" in second
+    # checkpoints/ (scripts/checkpoints.sh): save, lose the DVC cache and every cached output, restore:
+    # nothing is left to run
+    tools = {"DVC": dvc, "PY": sys.executable}
+    _run(["bash", "scripts/checkpoints.sh", "save"], ws, **tools)
+    shutil.rmtree(ws / ".dvc" / "cache")
+    shutil.rmtree(out / "runs")
+    for nb in (out / "executed").glob("*.ipynb"):
+        nb.unlink()
+    _run(["bash", "scripts/checkpoints.sh", "restore"], ws, **tools)
+    assert "up to date" in _run([dvc, "status"], ws)
     # the cross-run notebooks run as they are (JupyterLab): they read the pipeline's results and write
     # a scratch copy under runs/explore, leaving reports/ untouched
     before = {p: p.stat().st_mtime_ns for p in (ws / "reports").rglob("*") if p.is_file()}
