@@ -213,8 +213,9 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
                              table: pd.DataFrame, run: str, params: dict, num_classes: int,
                              seed: int, index: Sequence[int] | None = None) -> dict[str, Any]:
     """The attack stage's Carlini et al. (2019) checks on one run (attacks re-run on the examples ``xs``,
-    ``ys``, test indices ``index``, which start with the table's; the curve and table checks on the
-    stage's results); any failure raises ``SanityCheckError``. PGD that has not converged at the
+    ``ys``, test indices ``index``: a prefix of the same test order as the table's, shorter or longer; the
+    budget check compares with the reported worst case on their common prefix; the curve and table
+    checks on the stage's results); any failure raises ``SanityCheckError``. PGD that has not converged at the
     standard eps (doubling its budget breaks more examples) fails only where the reported L-inf worst
     case (FGSM, PGD, AutoAttack, transfer) missed an example; otherwise it is recorded as
     ``budget_linf.unconverged`` (Table 1's PGD_unconverged). PGD weaker than FGSM (on the curves or at
@@ -241,9 +242,10 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
                 weaker.append(f"{norm} eps={eps:g}: PGD {accs['pgd']:.4f} > FGSM {accs['fgsm']:.4f} (curve)")
         out[f"large_eps_{norm}"] = check_large_eps(pgd, model, xs, ys, ThreatModel(norm, float(sp["large_eps"][norm])),
                                                    num_classes, steps=steps, restarts=1)
-    reported = results.flags(table, results.worst("linf"))
-    if index is not None and list(table[results.INDEX]) != [int(i) for i in index[:len(table)]]:
-        raise ValueError("the sanity examples must start with the attacked examples (the same split prefix)")
+    common = min(len(table), len(xs))  # both are prefixes of the split's evaluation order; either may be longer
+    if index is not None and list(table[results.INDEX][:common]) != [int(i) for i in index[:common]]:
+        raise ValueError("the sanity examples and the attacked examples must be prefixes of the same test order")
+    reported = results.flags(table, results.worst("linf"))[:common]
     standard = ThreatModel("linf", float(ap["linf_eps"]))
     out["budget_linf"] = check_budget_converged(pgd, model, xs, ys, standard,
                                                 steps, restarts, tol=float(sp["budget_tol"]), seed=seed,

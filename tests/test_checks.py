@@ -272,3 +272,11 @@ def test_masking_signs_are_recorded_not_fatal(net):
     out = checks.evaluation_sanity_checks(model, x, y, curve, table, "r", params, 10, seed=0, index=range(48))
     assert out["pgd_weaker_than_fgsm"] == ["linf eps=0.05: PGD 0.6000 > FGSM 0.5000 (curve)"]
     assert "rises" in out["pgd_nonmonotone"] and out["budget_linf"]["unconverged"] is None
+    # fewer sanity examples than attacked ones (cifar10-cpu: 200 of 1,000): the common prefix is compared
+    short = checks.evaluation_sanity_checks(model, x[:20], y[:20], curve, table, "r", params, 10, seed=0,
+                                            index=range(20))
+    alone = checks.check_budget_converged(pgd, model, x[:20], y[:20], lin, 5, 1, tol=1.0, seed=0)
+    assert short["budget_linf"]["base"] == alone["base"]  # the budget check ran on the 20 sanity examples
+    with pytest.raises(ValueError, match="prefixes of the same test order"):
+        checks.evaluation_sanity_checks(model, x[:20], y[:20], curve, table, "r", params, 10, seed=0,
+                                        index=range(1, 21))
