@@ -21,7 +21,8 @@ CHANCE_MARGIN = 0.02
 def training_table(metrics: Sequence[Mapping]) -> pd.DataFrame:
     """One row per run: clean accuracy (%) and training minutes, from the train stage's metrics;
     ``at_chance``: clean accuracy within ``CHANCE_MARGIN`` of guessing (the network collapsed, e.g. to a
-    constant: what the attack and verification tables say of it is about that network)."""
+    constant: what the attack and verification tables say of it is about that network); ``diverged_at``:
+    the epoch whose loss turned non-finite (the run's model is the previous epoch's), else ``-``."""
     rows = [{
         "run": m["run"],
         "model": m["model"],
@@ -32,8 +33,15 @@ def training_table(metrics: Sequence[Mapping]) -> pd.DataFrame:
         "n_test": m["n_test"],
         "train_minutes": round(m["train_minutes"], 2),
         "at_chance": bool(m["clean_acc"] <= 1 / dataset_info(m["dataset"]).num_classes + CHANCE_MARGIN),
+        "diverged_at": diverged_epoch(m) or "-",
     } for m in metrics]
     return pd.DataFrame(rows).sort_values("run").reset_index(drop=True)
+
+
+def diverged_epoch(train_metrics: Mapping) -> int | None:
+    """The epoch at which a run's training loss turned non-finite (train stage metrics), or None."""
+    d = train_metrics.get("diverged")
+    return int(d["epoch"]) if d else None
 
 
 def describe_objective(objective: Mapping[str, object]) -> str:

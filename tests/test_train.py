@@ -147,6 +147,44 @@ def test_non_finite_loss_stops_at_the_step_and_writes_no_checkpoint(tmp_path):
     assert not ckpt.exists()
 
 
+def test_a_run_that_diverges_after_an_epoch_keeps_its_last_finite_epoch(tmp_path):
+    """The train stage's policy: the failing epoch is dropped, the model and history are epoch 2's (equal
+    to its checkpoint), and the second value says where training diverged; in epoch 1 it re-raises."""
+    from robustlib.stages.train import train_or_last_finite
+
+    x, y = _data()
+    x_val = x[:16].clone()
+    stop = {"device": "cpu", "resume_path": tmp_path / "resume.pt", "progress": False}
+    res, diverged = train_or_last_finite(_cfg(objective={"ce": 1.0}, epochs=2), x.clone(), y, x_val, y[:16], **stop)
+    assert diverged is None and len(res.history) == 2
+
+    def poisoned(from_epoch):  # a train set whose every image turns NaN at step 2 of ``from_epoch``
+        xs = x.clone()
+
+        def hook(epoch, step):
+            if (epoch, step) == (from_epoch, 1):
+                xs[:] = float("nan")
+        return xs, hook
+
+    cfg = _cfg(objective={"ce": 1.0}, epochs=4)
+    xs, hook = poisoned(2)
+    with pytest.MonkeyPatch.context() as mp:
+        import robustlib.stages.train as stage
+        mp.setattr(stage, "train", lambda *a, **k: train(*a, **k, step_hook=hook))
+        res, diverged = stage.train_or_last_finite(cfg, xs, y, x_val, y[:16], **stop)
+        assert diverged["epoch"] == 3 and "epoch 3, step 2" in diverged["message"]
+        assert [h["epoch"] for h in res.history] == [1, 2] and res.resumed_from_epoch == 2
+        blob = torch.load(stop["resume_path"], weights_only=True)
+        assert blob["epoch"] == 2
+        assert torch.equal(_weights(res.model), torch.cat([v.flatten() for v in blob["model"].values()]))
+        assert torch.isfinite(_weights(res.model)).all() and not res.model.training
+
+        stop["resume_path"].unlink()
+        xs, hook = poisoned(0)
+        with pytest.raises(NonFiniteLossError, match="epoch 1, step 2"):
+            stage.train_or_last_finite(cfg, xs, y, x_val, y[:16], **stop)
+
+
 def test_eps_and_lr_schedules_reach_the_loop():
     x, y = _data()
     res = train(_cfg(objective={"ce": 1.0}, epochs=4, eps_ramp={"start": 0.0, "end": 0.5, "initial": 0.0}),

@@ -171,6 +171,21 @@ def _paper_block(key: str, comparisons: dict, params: dict, t_train: pd.DataFram
     return lines
 
 
+def _training_notes(t_train: pd.DataFrame) -> str:
+    """The training table's warnings: runs at chance level and runs whose training diverged."""
+    notes = []
+    chance = sorted(t_train.loc[t_train["at_chance"], "run"])
+    if chance:
+        notes.append("At chance level (collapsed; every attack and verification number of these runs describes "
+                     f"that network): {', '.join(chance)}.")
+    diverged = [f"{r.run} at epoch {r.diverged_at} of {r.epochs} (model: epoch {int(r.diverged_at) - 1})"
+                for r in t_train.itertuples() if r.diverged_at != "-"]
+    if diverged:
+        notes.append("Diverged (the training loss turned non-finite; the run's model, and every number of it in "
+                     f"this report, is that of the last finite epoch): {', '.join(diverged)}.")
+    return " ".join(notes)
+
+
 def _report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_train: pd.DataFrame) -> str:
     """The one-page report; its own tables and figures are under ``out``, the ablations and laplacian
     stages' under ``inp``; each table with a counterpart in the paper is followed by the paper's
@@ -190,10 +205,8 @@ def _report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_tr
         f"{ap['l2_eps']}); robust means every attack of that threat model "
         f"failed on the example (worst case per example).", "",
     ]
-    chance = sorted(t_train.loc[t_train["at_chance"], "run"])
     lines += _section("Training: clean accuracy and training time", t / "train_summary.md", out,
-                      f"At chance level (collapsed; every attack and verification number of these runs describes "
-                      f"that network): {', '.join(chance)}." if chance else "")
+                      _training_notes(t_train))
     lines += [f"![learning curves]({f}/learning_curves.png)", ""]
     lines += _section("Table 1 analog: clean and robust accuracy (%) under each attack", t / "table1_attacks.md", out,
                       "linf_worst = clean AND FGSM, PGD, AutoAttack and transfer all failed. Perceptual columns "

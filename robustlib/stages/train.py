@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from robustlib import paths
 from robustlib.data import load_split, make_split
@@ -15,7 +17,7 @@ from robustlib.evaluate import accuracy
 from robustlib.io import save_model, write_json
 from robustlib.params import run_config
 from robustlib.stages.common import setup
-from robustlib.train import train
+from robustlib.train import NonFiniteLossError, TrainConfig, TrainResult, init_model, train
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +26,10 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".", prog
     """Train named run ``run`` and write its outputs (see ``robustlib.paths``); return its metrics.
 
     Resumes from the run's per-epoch checkpoint if an earlier attempt with the same configuration
-    was interrupted; deletes that checkpoint once the run has completed.
+    was interrupted; deletes that checkpoint once the run has completed. A run whose loss turns
+    non-finite after its first epoch is a result, not a crash: its outputs are those of the last finite
+    epoch and its metrics say where it diverged (``diverged``), which the report shows beside every
+    number of that run.
     """
     env = setup(params_file, output_root,
                 lambda p: f"{'finetune' if run in (p.get('finetunes') or {}) else 'train'}@{run}")
@@ -42,9 +47,9 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".", prog
         cfg.init_from = str(paths.model_path(env.out, cfg.init_from))
 
     resume = paths.resume_path(env.out, run)
-    result = train(cfg, train_set.images(split.train), train_set.labels(split.train),
-                   train_set.images(split.val), train_set.labels(split.val),
-                   device=env.device, resume_path=resume, progress=progress)
+    result, diverged = train_or_last_finite(cfg, train_set.images(split.train), train_set.labels(split.train),
+                                            train_set.images(split.val), train_set.labels(split.val),
+                                            device=env.device, resume_path=resume, progress=progress)
     model = result.model
     x_test, y_test = test_set.images(split.test), test_set.labels(split.test)
     test_acc = accuracy(model, x_test.to(env.device), y_test.to(env.device))
@@ -64,6 +69,8 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".", prog
         "model": cfg.model,
         "objective": sorted(cfg.objective),
         "epochs": cfg.epochs,
+        "epochs_completed": len(result.history),
+        "diverged": diverged,
         "n_train": len(split.train),
         "n_test": len(split.test),
         "clean_acc": round(test_acc, 6),
@@ -74,6 +81,32 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".", prog
     write_json(metrics, paths.train_metrics_path(env.out, run))
     resume.unlink(missing_ok=True)
     return metrics
+
+
+def train_or_last_finite(cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+                         y_val: torch.Tensor, *, device, resume_path: Path, progress: bool
+                         ) -> tuple[TrainResult, dict[str, Any] | None]:
+    """``robustlib.train.train`` with its per-epoch checkpoint at ``resume_path``; if the loss turns
+    non-finite after the first epoch, the result is the last finite epoch (that checkpoint, which the
+    loop never writes from a failing epoch) and the second value says where training diverged:
+    ``{"epoch", "message"}`` (1-based epoch of the failing step); ``None`` for a run that completed.
+    Divergence in the first epoch re-raises: there is no model to keep."""
+    try:
+        return train(cfg, x_train, y_train, x_val, y_val, device=device, resume_path=resume_path,
+                     progress=progress), None
+    except NonFiniteLossError as err:
+        if not resume_path.exists():
+            raise
+        blob = torch.load(resume_path, map_location=device, weights_only=True)
+        if blob.get("key") != cfg.key():
+            raise
+        model = init_model(cfg, device)
+        model.load_state_dict(blob["model"])
+        model.eval()
+        epoch = int(blob["epoch"])
+        logger.warning("training diverged in epoch %d (%s); keeping the model of epoch %d", epoch + 1, err, epoch)
+        return (TrainResult(model, list(blob["history"]), float(blob["seconds"]), epoch),
+                {"epoch": epoch + 1, "message": str(err)})
 
 
 def _log_dvclive(history: pd.DataFrame, live_dir) -> None:
