@@ -8,14 +8,17 @@ the paper's setting (dataset, network). Two kinds of claim are checked:
   points (``TOLERANCE_RELATIVE`` for distances), *not reproduced* (by how much) otherwise, and *not
   testable here* when our setting differs (another dataset or network) or the run is missing;
 - an order between two runs on the same network (e.g. Table 4: the sparse regularizer is more robust
-  than the dense one): *reproduced* when ours has the same order, *not reproduced* (by how much)
-  otherwise. Orders are tested on any network and dataset; the setting is stated beside the verdict.
+  than the dense one): *reproduced* when ours has the same order and, where each run's per-example
+  outcomes exist (both runs are evaluated on the same examples), the order is significant: a one-sided
+  exact McNemar test on the examples only one of the two gets right gives p < ``SIGNIFICANCE``;
+  *not reproduced* (by how much, or "not significant") otherwise. Orders are tested on any network and
+  dataset; the setting is stated beside the verdict.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -26,6 +29,8 @@ TOLERANCE_POINTS = 3.0
 TOLERANCE_RELATIVE = 0.03
 """A number that is not a percentage (a distance) is reproduced within this relative difference."""
 PAPER_EPS = 8 / 255
+SIGNIFICANCE = 0.05
+"""An order on per-example outcomes is reproduced only if the one-sided exact McNemar p-value is below this."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +181,38 @@ def number_verdict(paper: float, ours: float | None, percent: bool = True, gap: 
     return f"reproduced ({by})" if ok else f"not reproduced ({by})"
 
 
-def order_verdict(order: Order, better: float | None, worse: float | None) -> str:
-    """The verdict on an order claim: reproduced when ours has the paper's order."""
+@dataclass(frozen=True)
+class PairedTest:
+    """A one-sided exact McNemar test (McNemar 1947, exact binomial form) that run A gets more of the same
+    ``n`` examples right than run B: ``a_only`` / ``b_only`` examples only A / only B gets right, and
+    ``p`` = P[Binomial(a_only + b_only, 1/2) >= a_only], the chance of an advantage this large if neither
+    run were better."""
+
+    n: int
+    a_only: int
+    b_only: int
+    p: float
+
+    def __str__(self) -> str:
+        return (f"{self.a_only} vs {self.b_only} of {self.n} paired examples right only by one run, "
+                f"one-sided exact McNemar p = {self.p:.2g}")
+
+
+def paired_test(a: pd.Series, b: pd.Series) -> PairedTest:
+    """``PairedTest`` of per-example outcomes ``a`` and ``b`` (booleans indexed by example) on the
+    examples both were measured on."""
+    both = pd.concat([a.astype(bool).rename("a"), b.astype(bool).rename("b")], axis=1, join="inner")
+    a_only = int((both["a"] & ~both["b"]).sum())
+    b_only = int((~both["a"] & both["b"]).sum())
+    m = a_only + b_only
+    p = sum(math.comb(m, k) for k in range(a_only, m + 1)) / 2 ** m  # exact: integers until this division
+    return PairedTest(len(both), a_only, b_only, p)
+
+
+def order_verdict(order: Order, better: float | None, worse: float | None,
+                  paired: PairedTest | None = None) -> str:
+    """The verdict on an order claim: reproduced when ours has the paper's order and, given the runs'
+    ``paired`` per-example test (better vs worse), p < ``SIGNIFICANCE``."""
     if better is None or worse is None:
         return "not testable here (not measured in this profile)"
     margin = (worse - better) if order.lower_is_better else (better - worse)
@@ -186,17 +221,24 @@ def order_verdict(order: Order, better: float | None, worse: float | None) -> st
         ratio = f", {worse / better:.1f}x"
     else:
         ratio = ""
+    test = "" if paired is None else f"; {paired}"
+    if margin > 0 and paired is not None and paired.p >= SIGNIFICANCE:
+        return f"not reproduced (ahead by {margin:.2f}{unit}, not significant{test} >= {SIGNIFICANCE:g})"
     if margin > 0:
-        return f"reproduced (ahead by {margin:.2f}{unit}{ratio})"
-    return f"not reproduced (behind by {-margin:.2f}{unit}{ratio})" if margin < 0 else "not reproduced (a tie)"
+        return f"reproduced (ahead by {margin:.2f}{unit}{ratio}{test})"
+    if margin < 0:
+        return f"not reproduced (behind by {-margin:.2f}{unit}{ratio}{test})"
+    return f"not reproduced (a tie{test})"
 
 
-def compare(table: PaperTable, ours: pd.DataFrame, models: Mapping[str, str], dataset: str
-            ) -> tuple[pd.DataFrame, list[str]]:
+def compare(table: PaperTable, ours: pd.DataFrame, models: Mapping[str, str], dataset: str,
+            outcomes: Callable[[str, str], pd.Series | None] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Our numbers beside the paper's for ``table``: a long table (paper row, our run, column, paper,
     ours, ours - paper, verdict) and one verdict line per order claim. ``ours`` is indexed by run name
     (``"data"`` for a dataset property); ``models`` maps our runs to their network (the profile's runs:
-    ``table.optional_runs`` outside it are left out)."""
+    ``table.optional_runs`` outside it are left out); ``outcomes(run, metric)``: the per-example
+    outcomes behind ``ours``'s column ``metric`` (booleans indexed by example), or None where there
+    are none (then an order is judged on the two numbers alone)."""
     skip = {r for r in table.optional_runs if r not in models}
     rows = []
     for run, cols in table.values.items():
@@ -212,16 +254,22 @@ def compare(table: PaperTable, ours: pd.DataFrame, models: Mapping[str, str], da
     def value(run: str, metric: str) -> float | None:
         return _number(ours.at[run, metric]) if run in ours.index and metric in ours.columns else None
 
+    def paired(o: Order, metric: str) -> PairedTest | None:
+        a, b = (None, None) if outcomes is None else (outcomes(o.better, metric), outcomes(o.worse, metric))
+        return None if a is None or b is None or o.lower_is_better else paired_test(a, b)
+
     lines = []
     for o in (o for o in table.orders if not skip & {o.better, o.worse}):
         b, w = value(o.better, o.metric), value(o.worse, o.metric)
         shown = "-" if b is None or w is None else f"{b:.2f} vs {w:.2f}"
         nets = "/".join(sorted({models[r] for r in (o.better, o.worse) if r in models})) or "runs missing"
+        verdict = order_verdict(o, b, w, None if b is None or w is None else paired(o, o.metric))
         line = (f"{o.text}: paper {o.paper[0]:g} vs {o.paper[1]:g}, ours {shown} "
-                f"({o.better} vs {o.worse}; {dataset}, {nets}) -- {order_verdict(o, b, w)}")
+                f"({o.better} vs {o.worse}; {dataset}, {nets}) -- {verdict}")
         if o.strict_metric:
             sb, sw = value(o.better, o.strict_metric), value(o.worse, o.strict_metric)
             if sb is not None and sw is not None:
-                line += f"; by {o.strict_metric} (stricter): {sb:.2f} vs {sw:.2f} -- {order_verdict(o, sb, sw)}"
+                line += (f"; by {o.strict_metric} (stricter): {sb:.2f} vs {sw:.2f} -- "
+                         f"{order_verdict(o, sb, sw, paired(o, o.strict_metric))}")
         lines.append(line)
     return pd.DataFrame(rows), lines

@@ -228,6 +228,33 @@ PERCEPTUAL_COLUMNS = (("spatial", "stadv", ("stadv",)), ("recolor", "recoloradv"
                       ("JPEG", "jpeg", ("jpeg",)), ("NPTM", "nptm", ("lpa", "ppgd")))
 """Table 1's perceptual columns: (column, threat model, its attacks) -- Laidlaw et al. 2021's threat models."""
 
+ATTACK_OUTCOME_COLUMNS = {"clean_%": results.CLEAN, "pgd_linf_%": results.robust("pgd_linf"),
+                          "aa_linf_%": results.robust("aa_linf"), "linf_AA": results.robust("aa_linf"),
+                          "worst_linf_%": results.worst("linf"), "linf_worst": results.worst("linf"),
+                          "aa_l2_%": results.robust("aa_l2"), "l2_AA": results.robust("aa_l2"),
+                          **{col: results.worst(threat) for col, threat, _ in PERCEPTUAL_COLUMNS}}
+"""The per-example attack-results column each report column (``run_summary``, ``attack_table``) averages."""
+
+
+def per_example_outcomes(out, run: str, metric: str, eps: float) -> pd.Series | None:
+    """The per-example outcomes (booleans indexed by test index) behind report column ``metric`` of
+    ``run``: the attack stage's (``ATTACK_OUTCOME_COLUMNS``) or, for ``verified``, the verify stage's
+    verdicts at ``eps``; None for any other column (e.g. minutes) or where the run has no such results."""
+    from robustlib import paths
+
+    if metric == "verified":
+        f = paths.verify_results_path(out, run)
+        if not f.exists():
+            return None
+        table = pd.read_csv(f)
+        at = table[(table["eps"] - eps).abs() < 1e-9]
+        return None if at.empty else (at["verdict"] == "verified").set_axis(at[results.INDEX])
+    column, f = ATTACK_OUTCOME_COLUMNS.get(metric), paths.attack_results_path(out, run)
+    if column is None or not f.exists():
+        return None
+    table = results.load_results(f)
+    return table[column].astype(bool).set_axis(table[results.INDEX]) if column in table else None
+
 
 def perceptual_settings(attack: Sequence[Mapping], undefended_run: str | None) -> pd.DataFrame:
     """Each perceptual attack's budget and the undefended run's accuracy under it (the positive

@@ -82,3 +82,50 @@ def test_an_order_is_also_judged_by_the_stricter_measure():
     fgsm = [line for line in lines if "FGSM" in line][0]
     assert "-- reproduced (ahead by 14.00 points); by worst_linf_% (stricter): 0.00 vs 0.00 -- not reproduced (a tie)" \
         in fgsm
+
+
+def test_paired_test_matches_brute_force_over_every_outcome():
+    """The one-sided exact McNemar p-value equals the share of the 2^m equally likely swaps of the m
+    discordant examples that give the first run at least its observed lead (independent enumeration)."""
+    import itertools
+
+    for a_only, b_only, concordant in ((4, 0, 96), (5, 0, 0), (6, 3, 10), (2, 7, 1), (0, 0, 5)):
+        a = pd.Series([True] * a_only + [False] * b_only + [True] * concordant)
+        b = pd.Series([False] * a_only + [True] * b_only + [True] * concordant)
+        t = paper.paired_test(a, b)
+        m = a_only + b_only
+        lead = sum(1 for swaps in itertools.product((0, 1), repeat=m) if sum(swaps) >= a_only) / 2 ** m
+        assert (t.n, t.a_only, t.b_only) == (m + concordant, a_only, b_only)
+        assert abs(t.p - lead) < 1e-12
+    assert paper.paired_test(pd.Series([True] * 4), pd.Series([False] * 4)).p == 1 / 16
+
+
+def test_paired_test_aligns_the_examples_both_runs_were_measured_on():
+    a = pd.Series([True, True, False], index=[7, 3, 9])
+    b = pd.Series([False, True, False, True], index=[3, 7, 9, 11])  # 11: only b measured it
+    t = paper.paired_test(a, b)
+    assert (t.n, t.a_only, t.b_only) == (3, 1, 0)
+
+
+def test_an_order_that_is_not_significant_on_the_same_examples_is_not_reproduced():
+    """4 of 100 examples ahead (4 vs 0 discordant): p = 1/16 >= 0.05, so not reproduced; 6 vs 0:
+    p = 1/64, reproduced; the numbers alone (no per-example outcomes) keep the plain order verdict."""
+    ours = _ours([{"run": "hamming_stability", "pgd_linf_%": 4.0, "worst_linf_%": 0.0},
+                  {"run": "hamming_only", "pgd_linf_%": 0.0, "worst_linf_%": 0.0}])
+
+    def outcomes(ahead):
+        per_run = {"hamming_stability": pd.Series([True] * ahead + [False] * (100 - ahead)),
+                   "hamming_only": pd.Series([False] * 100)}
+        return lambda run, metric: per_run.get(run) if metric == "pgd_linf_%" else None
+
+    def line(lines):
+        return [x for x in lines if "than Hamming only" in x][0]
+
+    _, lines = paper.compare(paper.TABLE3, ours, {}, "mnist", outcomes(4))
+    assert "-- not reproduced (ahead by 4.00 points, not significant; 4 vs 0 of 100 paired examples right only " \
+           "by one run, one-sided exact McNemar p = 0.062 >= 0.05)" in line(lines)
+    _, lines = paper.compare(paper.TABLE3, ours.assign(**{"pgd_linf_%": [6.0, 0.0]}), {}, "mnist", outcomes(6))
+    assert "-- reproduced (ahead by 6.00 points; 6 vs 0 of 100 paired examples right only by one run, " \
+           "one-sided exact McNemar p = 0.016)" in line(lines)
+    _, lines = paper.compare(paper.TABLE3, ours, {}, "mnist")
+    assert "-- reproduced (ahead by 4.00 points)" in line(lines)

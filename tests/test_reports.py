@@ -36,3 +36,37 @@ def test_objectives_are_described_with_every_weight_and_setting():
     hs = {"ce": 1.0, "hamming": {"weight": 9000.0, "alpha": 8.0}, "stability": {"weight": 0.4}}
     assert describe_objective(hs) == "ce 1 + hamming 9000 (alpha 8) + stability 0.4"
     assert describe_objective({"fgsm": 1.0, "margin": {"margin": 1.0}}) == "fgsm 1 + margin 1 (margin 1)"
+
+
+def test_per_example_outcomes_are_the_columns_the_report_averages(tmp_path):
+    """Each order metric maps to the per-example column whose mean is the report's number; verified to
+    the verify stage's verdicts at the asked eps; anything else (minutes) or a missing run to None."""
+    import pandas as pd
+
+    from robustlib import paths, results
+    from robustlib.reports import per_example_outcomes
+
+    attack = pd.DataFrame({"index": [5, 2, 9], "clean_correct": [True, True, False],
+                           "robust_pgd_linf": [True, False, False], "worst_linf": [False, False, False],
+                           "robust_aa_l2": [True, True, False], "worst_stadv": [False, True, False]})
+    paths.attack_results_path(tmp_path, "r").parent.mkdir(parents=True)
+    results.save_results(attack, paths.attack_results_path(tmp_path, "r"))
+    verify = pd.DataFrame({"index": [5, 2, 5, 2], "eps": [0.1, 0.1, 0.3, 0.3],
+                           "verdict": ["verified", "timeout", "falsified", "verified"]})
+    paths.verify_results_path(tmp_path, "r").parent.mkdir(parents=True)
+    verify.to_csv(paths.verify_results_path(tmp_path, "r"), index=False)
+
+    def get(metric, eps=0.1):
+        s = per_example_outcomes(tmp_path, "r", metric, eps)
+        return None if s is None else dict(zip(s.index, s, strict=True))
+
+    assert get("pgd_linf_%") == {5: True, 2: False, 9: False}
+    assert get("worst_linf_%") == get("linf_worst") == {5: False, 2: False, 9: False}
+    assert get("l2_AA") == {5: True, 2: True, 9: False} and get("clean_%") == {5: True, 2: True, 9: False}
+    assert get("spatial") == {5: False, 2: True, 9: False}
+    assert get("verified") == {5: True, 2: False} and get("verified", 0.3) == {5: False, 2: True}
+    assert get("verified", 8 / 255) is None and get("train_minutes") is None and get("NPTM") is None
+    assert per_example_outcomes(tmp_path, "missing", "pgd_linf_%", 0.1) is None
+    for metric in ("pgd_linf_%", "l2_AA", "spatial"):  # the mean is the report's number
+        assert per_example_outcomes(tmp_path, "r", metric, 0.1).mean() == attack[
+            {"pgd_linf_%": "robust_pgd_linf", "l2_AA": "robust_aa_l2", "spatial": "worst_stadv"}[metric]].mean()

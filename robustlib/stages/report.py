@@ -20,6 +20,7 @@ from robustlib.reports import (
     attack_table,
     describe_objective,
     learning_curves_figure,
+    per_example_outcomes,
     perceptual_settings,
     robustness_curves_figure,
     run_family,
@@ -91,7 +92,10 @@ def paper_comparisons(dataset: str, train: list[dict], t1: pd.DataFrame, t2: pd.
             "table3": pd.read_csv(tables / "ablation_table3.csv").set_index("run"),
             "table4": pd.read_csv(tables / "laplacian_table4.csv").set_index("run"),
             "appendix_b": pd.DataFrame([{k: stats[k] for k in ("mean", "median", "p10")}], index=["data"])}
-    return {key: paper.compare(paper.TABLES[key], ours[key], models, dataset) for key in paper.TABLES}
+    def outcomes(run: str, metric: str) -> pd.Series | None:
+        return per_example_outcomes(inp, run, metric, paper.PAPER_EPS)
+
+    return {key: paper.compare(paper.TABLES[key], ours[key], models, dataset, outcomes) for key in paper.TABLES}
 
 
 def benchmark_table(folder: Path) -> pd.DataFrame:
@@ -164,7 +168,9 @@ def _paper_block(key: str, comparisons: dict, params: dict, t_train: pd.DataFram
     lines = [f"**Beside the paper ({t.title}).** Paper: {t.setting}. Ours: {_our_setting(params, t_train, key, inp)}.",
              "", table.drop(columns=["run"]).to_markdown(index=False), "",
              f"Verdicts ({paper.PAPER}; a number is reproduced within {paper.TOLERANCE_POINTS:g} points"
-             + (f", a distance within {100 * paper.TOLERANCE_RELATIVE:g}%" if not t.percent else "") + "):",
+             + (f", a distance within {100 * paper.TOLERANCE_RELATIVE:g}%" if not t.percent else "")
+             + f"; an order is reproduced when ours has the paper's order and, on per-example outcomes (both runs on "
+               f"the same examples), a one-sided exact McNemar test gives p < {paper.SIGNIFICANCE:g}):",
              f"- numbers: {int(counts.get('reproduced', 0))} reproduced, {int(counts.get('not reproduced', 0))} not "
              f"reproduced, {int(counts.get('not testable here', 0))} not testable here (column `verdict`)"]
     lines += [f"- {line}" for line in orders] + [f"- note: {n}" for n in t.notes] + [""]
