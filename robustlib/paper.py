@@ -6,7 +6,10 @@ the paper's setting (dataset, network). Two kinds of claim are checked:
 
 - a number (e.g. Table 2's 21.04% verified): *reproduced* when ours is within ``TOLERANCE_POINTS``
   points (``TOLERANCE_RELATIVE`` for distances), *not reproduced* (by how much) otherwise, and *not
-  testable here* when our setting differs (another dataset or network) or the run is missing;
+  testable here* when our setting differs (another dataset or network) or the run is missing. Where
+  the number is a percentage of ``n`` examples, the verdict also states ours's exact (Clopper-Pearson)
+  ``CONFIDENCE`` interval and whether the paper's number lies inside it: on 1,000 examples the interval
+  is about +/-3 points wide, as wide as the tolerance, so a verdict either way can be sampling error;
 - an order between two runs on the same network (e.g. Table 4: the sparse regularizer is more robust
   than the dense one): *reproduced* when ours has the same order and, where each run's per-example
   outcomes exist (both runs are evaluated on the same examples), the order is significant: a one-sided
@@ -31,6 +34,8 @@ TOLERANCE_RELATIVE = 0.03
 PAPER_EPS = 8 / 255
 SIGNIFICANCE = 0.05
 """An order on per-example outcomes is reproduced only if the one-sided exact McNemar p-value is below this."""
+CONFIDENCE = 0.95
+"""The level of the interval stated beside a percentage measured on n examples."""
 
 
 @dataclass(frozen=True)
@@ -167,8 +172,27 @@ def _setting_gap(table: PaperTable, dataset: str, model: str | None) -> str | No
     return None
 
 
-def number_verdict(paper: float, ours: float | None, percent: bool = True, gap: str | None = None) -> str:
-    """The verdict on one number: reproduced / not reproduced (by how much) / not testable here (why)."""
+def proportion_interval(k: int, n: int, level: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact two-sided ``level`` interval of a binomial proportion from ``k`` successes in ``n``
+    trials (Clopper & Pearson 1934): the beta quantiles ``B(a/2; k, n-k+1)`` and ``B(1-a/2; k+1, n-k)``,
+    ``a = 1 - level``, with 0 and 1 at ``k = 0`` and ``k = n``."""
+    from scipy.stats import beta
+
+    if not (isinstance(k, int) and isinstance(n, int) and 0 <= k <= n and n > 0):
+        raise ValueError(f"need integers 0 <= k <= n, n > 0; got k={k!r}, n={n!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    a = 1 - level
+    lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+    return lo, hi
+
+
+def number_verdict(paper: float, ours: float | None, percent: bool = True, gap: str | None = None,
+                   n: int | None = None) -> str:
+    """The verdict on one number: reproduced / not reproduced (by how much) / not testable here (why).
+    With ``n`` (a percentage of ``n`` examples) it states ours's ``proportion_interval`` and whether the
+    paper's number lies inside it."""
     if gap is not None:
         return f"not testable here ({gap})"
     if ours is None:
@@ -178,6 +202,11 @@ def number_verdict(paper: float, ours: float | None, percent: bool = True, gap: 
         ok, by = abs(diff) <= TOLERANCE_POINTS, f"{diff:+.2f} points"
     else:
         ok, by = abs(diff) <= TOLERANCE_RELATIVE * abs(paper), f"{100 * diff / paper:+.1f}%"
+    if percent and n:
+        lo, hi = (100 * b for b in proportion_interval(round(ours * n / 100), n))
+        inside = "inside" if lo <= paper <= hi else "outside"
+        by += (f"; ours {100 * CONFIDENCE:g}% CI {lo:.1f}-{hi:.1f} on {n} examples, the paper's number {inside} "
+               "it")
     return f"reproduced ({by})" if ok else f"not reproduced ({by})"
 
 
@@ -231,6 +260,18 @@ def order_verdict(order: Order, better: float | None, worse: float | None,
     return f"not reproduced (a tie{test})"
 
 
+def _sample_size(ours: pd.DataFrame, run: str, col: str, v: float,
+                 outcomes: Callable[[str, str], pd.Series | None] | None) -> int | None:
+    """How many examples ours's percentage ``v`` was measured on: the table's ``n`` column, else the
+    number of per-example ``outcomes`` if their mean is ``v`` (else None: no interval is stated)."""
+    if "n" in ours.columns and _number(ours.at[run, "n"]):
+        return int(ours.at[run, "n"])
+    per_example = None if outcomes is None else outcomes(run, col)
+    if per_example is None or per_example.empty or abs(100 * per_example.mean() - v) > 0.01:
+        return None
+    return len(per_example)
+
+
 def compare(table: PaperTable, ours: pd.DataFrame, models: Mapping[str, str], dataset: str,
             outcomes: Callable[[str, str], pd.Series | None] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Our numbers beside the paper's for ``table``: a long table (paper row, our run, column, paper,
@@ -247,10 +288,11 @@ def compare(table: PaperTable, ours: pd.DataFrame, models: Mapping[str, str], da
         gap = _setting_gap(table, dataset, models.get(run) if table.model else None)
         for col, paper_value in cols.items():
             v = _number(ours.at[run, col]) if run in ours.index and col in ours.columns else None
+            n = None if v is None or gap or not table.percent else _sample_size(ours, run, col, v, outcomes)
             rows.append({"paper_row": table.rows[run], "run": run, "metric": col, "paper": paper_value,
                          "ours": "-" if v is None else round(v, 3),  # a difference only where the settings match
                          "ours_minus_paper": "-" if v is None or gap else round(v - paper_value, 3),
-                         "verdict": number_verdict(paper_value, v, table.percent, gap)})
+                         "verdict": number_verdict(paper_value, v, table.percent, gap, n)})
     def value(run: str, metric: str) -> float | None:
         return _number(ours.at[run, metric]) if run in ours.index and metric in ours.columns else None
 

@@ -1,7 +1,10 @@
 """The paper comparison: numbers within 3 points are reproduced, orders are checked on our runs, and a
 different dataset or network is 'not testable here', never a silent pass."""
 
+import math
+
 import pandas as pd
+import pytest
 
 from robustlib import paper
 
@@ -129,3 +132,51 @@ def test_an_order_that_is_not_significant_on_the_same_examples_is_not_reproduced
            "one-sided exact McNemar p = 0.016)" in line(lines)
     _, lines = paper.compare(paper.TABLE3, ours, {}, "mnist")
     assert "-- reproduced (ahead by 4.00 points)" in line(lines)
+
+
+def _binomial_tail(n, p, k_from, k_to):
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k_from, k_to + 1))
+
+
+def test_proportion_interval_is_the_exact_clopper_pearson_interval():
+    # The definition (Clopper & Pearson 1934), summed term by term: at the lower end P[X >= k] = a/2, at the
+    # upper end P[X <= k] = a/2; the closed forms at k = 0 and k = n.
+    a = 1 - paper.CONFIDENCE
+    for k, n in [(1, 10), (3, 10), (50, 100), (210, 1000), (999, 1000)]:
+        lo, hi = paper.proportion_interval(k, n)
+        assert 0 < lo < k / n < hi <= 1
+        assert math.isclose(_binomial_tail(n, lo, k, n), a / 2, rel_tol=1e-6)
+        if k < n:
+            assert math.isclose(_binomial_tail(n, hi, 0, k), a / 2, rel_tol=1e-6)
+    assert paper.proportion_interval(0, 20) == (0.0, pytest.approx(1 - (a / 2) ** (1 / 20)))
+    assert paper.proportion_interval(20, 20) == (pytest.approx((a / 2) ** (1 / 20)), 1.0)
+    lo_wide, hi_wide = paper.proportion_interval(30, 100, level=0.99)
+    lo, hi = paper.proportion_interval(30, 100)
+    assert lo_wide < lo and hi < hi_wide
+    for bad in [(-1, 10), (11, 10), (0, 0), (1.5, 10)]:
+        with pytest.raises(ValueError):
+            paper.proportion_interval(*bad)
+
+
+def test_a_percentage_of_n_examples_states_its_interval_and_where_the_paper_lies():
+    # 21.04% verified in the paper; ours 17.5% of 200 (not reproduced by 3.54 points, yet the paper's number
+    # is inside our 95% interval) and 21.0% of 1,000 (20.27: reproduced, inside).
+    ours = _ours([{"run": "hamming_stability_verify", "n": 200, "clean": 36.0, "pgd": 25.0, "verified": 17.5},
+                  {"run": "rs_loss", "n": 1000, "clean": 45.0, "pgd": 26.0, "verified": 21.0}])
+    models = {"hamming_stability_verify": "smallcnn", "rs_loss": "smallcnn"}
+    table, _ = paper.compare(paper.TABLE2, ours, models, "cifar10")
+    v = table.set_index(["run", "metric"])["verdict"]
+    lo, hi = (100 * b for b in paper.proportion_interval(35, 200))
+    assert v["hamming_stability_verify", "verified"] == (
+        f"not reproduced (-3.54 points; ours 95% CI {lo:.1f}-{hi:.1f} on 200 examples, the paper's number inside it)")
+    assert v["rs_loss", "verified"].startswith("reproduced (+0.73 points; ours 95% CI")
+    assert v["rs_loss", "clean"].endswith("the paper's number outside it)")  # 45.0 vs 40.45: 41.9-48.1
+    # without an n column, the per-example outcomes give n -- but only when their mean is the table's number
+    ours = ours.drop(columns="n")
+    hits = pd.Series([True] * 175 + [False] * 825)
+    table, _ = paper.compare(paper.TABLE2, ours, models, "cifar10",
+                             lambda run, metric: hits if metric == "verified" else None)
+    v = table.set_index(["run", "metric"])["verdict"]
+    assert "on 1000 examples" in v["hamming_stability_verify", "verified"]
+    assert v["rs_loss", "verified"] == "reproduced (+0.73 points)"  # 17.5% of outcomes is not its 21.0
+    assert v["rs_loss", "clean"] == "not reproduced (+4.55 points)"

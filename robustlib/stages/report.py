@@ -170,7 +170,9 @@ def _paper_block(key: str, comparisons: dict, params: dict, t_train: pd.DataFram
              f"Verdicts ({paper.PAPER}; a number is reproduced within {paper.TOLERANCE_POINTS:g} points"
              + (f", a distance within {100 * paper.TOLERANCE_RELATIVE:g}%" if not t.percent else "")
              + f"; an order is reproduced when ours has the paper's order and, on per-example outcomes (both runs on "
-               f"the same examples), a one-sided exact McNemar test gives p < {paper.SIGNIFICANCE:g}):",
+               f"the same examples), a one-sided exact McNemar test gives p < {paper.SIGNIFICANCE:g}; beside a "
+               f"percentage of n examples, ours's exact {100 * paper.CONFIDENCE:g}% interval and whether the paper's "
+               "number lies inside it):",
              f"- numbers: {int(counts.get('reproduced', 0))} reproduced, {int(counts.get('not reproduced', 0))} not "
              f"reproduced, {int(counts.get('not testable here', 0))} not testable here (column `verdict`)"]
     lines += [f"- {line}" for line in orders] + [f"- note: {n}" for n in t.notes] + [""]
