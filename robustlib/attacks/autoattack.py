@@ -10,9 +10,10 @@ Zero gradients are judged per example, on all inputs: APGD's own check sees only
 unbroken in one batch at its random start. A point where the logits' input Jacobian is exactly zero
 is invisible to every gradient attack, so the evaluation is unreliable exactly when such a point is
 counted robust. ``autoattack`` therefore raises ``AttackCheckError("zero_gradients")`` when any
-example that survives every AutoAttack component has a zero Jacobian at its clean input, unless interval
-bounds PROVE that example robust (e.g. a collapsed, constant network: its robustness needs no gradient to
-establish); zero-gradient points that some attack breaks anyway (e.g. Square) do not fail the run.
+example that survives every AutoAttack component has a zero Jacobian at its clean input, unless sound
+bounds on the threat ball PROVE that example robust (``robustlib.attacks.certify``; e.g. a collapsed,
+constant network, or a first ReLU layer that stays off over the ball: its robustness needs no gradient
+to establish); zero-gradient points that some attack breaks anyway (e.g. Square) do not fail the run.
 
 "Square stronger than the gradient attacks" is acted on as AutoAttack's flags document advises: the
 surviving examples are attacked again by Square with ``square_escalation`` times the queries and
@@ -152,7 +153,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     blind = survived.clone()
     if bool(survived.any()):
         blind[survived] = zero_jacobian(model, x[survived])
-    if bool(blind.any()):  # a zero-gradient survivor whose robustness is PROVEN by interval bounds is no blind spot
+    if bool(blind.any()):  # a zero-gradient survivor whose robustness is PROVEN by sound bounds is no blind spot
         blind[blind.clone()] = ~_certified(model, x[blind], y[blind], threat)
     if bool(blind.any()):
         idx = blind.nonzero().flatten().tolist()
@@ -163,13 +164,14 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
 
 
 def _certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-    """Interval-bound certificates (``robustlib.bounds.ibp_certified``, sound, with the verifier's
-    numerical margin) on the threat ball; all False for models the bounds do not support. A collapsed,
-    constant network (every ReLU dead) is certified this way: its robustness needs no gradient."""
-    from robustlib.bounds import ibp_certified
+    """Sound certificates on the threat ball (``robustlib.attacks.certify``: CROWN, exact first-layer
+    bounds for L2, the verifier's numerical margin); all False for models the bounds do not support. A
+    collapsed network, or one whose first ReLU layer stays off over the ball, is certified this way:
+    its robustness needs no gradient."""
+    from robustlib.attacks.certify import certified_in_ball
 
     try:
-        return ibp_certified(model, x, y, threat.eps, threat.norm).to(x.device)
+        return certified_in_ball(model, x, y, threat)
     except (TypeError, ValueError, NotImplementedError) as err:
         logger.info("autoattack: zero-gradient survivors cannot be certified by bounds (%s)", err)
         return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
