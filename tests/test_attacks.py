@@ -281,6 +281,23 @@ def test_zero_gradient_point_counted_robust_is_fatal(net):
     assert err.value.flag == "zero_gradients" and "positions [5]" in str(err.value)
 
 
+def test_one_unresolved_zero_gradient_survivor_in_a_hundred_is_recorded_not_fatal():
+    """A blind, correct bright image among 120 examples (0.8%, under the 1% tolerated): the run goes on,
+    the example counts as unbroken, and ``info`` names it as unresolved (a small random MLP: fast)."""
+    torch.manual_seed(0)
+    model = build_model("mlp", image_size=6, hidden=(16,)).eval()
+    x = torch.rand(120, 1, 6, 6, generator=torch.Generator().manual_seed(0)) * 0.5
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    x[5], y[5] = 1.0, 3
+    wrapped = _ConstantWhenBright(model, 3)
+    res = autoattack(wrapped, x, y, ThreatModel("linf", 0.3), batch_size=120, square_queries=100,
+                     square_escalation=0)
+    assert res.info["unresolved"] == 1 and res.info["unresolved_positions"] == "5"
+    with torch.no_grad():
+        assert wrapped(res.points[5:6]).argmax(1).item() == 3
+
+
 def test_zero_gradient_points_not_counted_robust_do_not_fail(net):
     """The same gradient-free bright image, but of another class: it is misclassified, so no robustness
     claim rests on a blind gradient and the run goes on; ``zero_jacobian`` still sees it."""

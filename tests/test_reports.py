@@ -70,3 +70,15 @@ def test_per_example_outcomes_are_the_columns_the_report_averages(tmp_path):
     for metric in ("pgd_linf_%", "l2_AA", "spatial"):  # the mean is the report's number
         assert per_example_outcomes(tmp_path, "r", metric, 0.1).mean() == attack[
             {"pgd_linf_%": "robust_pgd_linf", "l2_AA": "robust_aa_l2", "spatial": "worst_stadv"}[metric]].mean()
+
+
+def test_attack_table_flags_unresolved_autoattack_survivors():
+    """Table 1's AA_unresolved: per threat model, the count the attack stage recorded ("-" when none)."""
+    from robustlib.reports import attack_table
+
+    base = {"clean_acc": 0.5, "aa_linf_acc": 0.3, "worst_linf_acc": 0.3, "aa_l2_acc": 0.2}
+    attack = [{"run": "a", **base, "autoattack": {"linf": {"unresolved": 0}, "l2": {"unresolved": 2}}},
+              {"run": "b", **base, "autoattack": {"linf": {"square_stronger": True}}}]
+    t = attack_table([{"run": "a", "train_minutes": 1.0}, {"run": "b", "train_minutes": 2.0}], attack)
+    assert t.set_index("run")["AA_unresolved"].to_dict() == {"a": "l2:2", "b": "-"}
+    assert t.set_index("run")["AA_square_flag"].to_dict() == {"a": "-", "b": "linf"}
