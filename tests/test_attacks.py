@@ -334,7 +334,8 @@ def test_square_stronger_flag_escalates_square_instead_of_failing(net):
     assert record["square_stronger"] and 0 <= record["escalation_hits"] <= record["escalated"]
     # square_escalation=0: the flag is recorded, nothing is re-run
     record0 = autoattack(q, x[:8], y[:8], ThreatModel("linf", 0.3), batch_size=4, square_escalation=0).info
-    assert record0 == {"square_stronger": True, "escalated": 0, "escalation_hits": 0}
+    assert record0 == {"square_stronger": True, "escalated": 0, "escalation_hits": 0, "unresolved": 0,
+                       "unresolved_positions": ""}
 
 
 def test_square_escalation_keeps_only_hits(net):
