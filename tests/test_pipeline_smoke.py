@@ -61,7 +61,9 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     t1 = pd.read_csv(out / "tables/table1_attacks.csv")
     assert {"linf_AA", "l2_AA", "AA_square_flag", "train_minutes"} <= set(t1.columns)
     m = json.loads((out / "metrics/attack/hamming_stability.json").read_text())
-    assert set(m["autoattack"]["linf"]) == {"square_stronger", "escalated", "escalation_hits"}
+    assert set(m["autoattack"]["linf"]) == {"square_stronger", "escalated", "escalation_hits",
+                                            "unresolved", "unresolved_positions"}
+    assert m["autoattack"]["linf"]["unresolved"] == 0
     assert m["seconds"]["aa_linf"] > 0 and "curves_after_attacks" in m["seconds"]
     report = (out / "report.md").read_text()
     assert "_missing" not in report and "Table 1 analog" in report
