@@ -14,6 +14,7 @@ from torch import nn
 
 from robustlib.attacks import AttackCheckError, autoattack, fgsm, pgd, transfer
 from robustlib.attacks.autoattack import zero_jacobian
+from robustlib.attacks.gradient import escape_pgd
 from robustlib.data import load_split
 from robustlib.models import build_model
 from robustlib.threat import ThreatModel
@@ -334,8 +335,8 @@ def test_square_stronger_flag_escalates_square_instead_of_failing(net):
     assert record["square_stronger"] and 0 <= record["escalation_hits"] <= record["escalated"]
     # square_escalation=0: the flag is recorded, nothing is re-run
     record0 = autoattack(q, x[:8], y[:8], ThreatModel("linf", 0.3), batch_size=4, square_escalation=0).info
-    assert record0 == {"square_stronger": True, "escalated": 0, "escalation_hits": 0, "unresolved": 0,
-                       "unresolved_positions": ""}
+    assert record0 == {"square_stronger": True, "escalated": 0, "escalation_hits": 0, "blind_escape_hits": 0,
+                       "unresolved": 0, "unresolved_positions": ""}
 
 
 def test_square_escalation_keeps_only_hits(net):
@@ -399,3 +400,82 @@ def test_zero_gradient_survivors_proven_robust_by_bounds_do_not_fail():
     x_adv = autoattack(model, x, y, ThreatModel("linf", 0.3), batch_size=4).points
     with torch.no_grad():
         assert (model(x_adv).argmax(1) == y).tolist() == [True, False] * 4
+
+
+def _dead_unit_net(x0: torch.Tensor, gaps: torch.Tensor, seed: int = 0) -> tuple[nn.Sequential, torch.Tensor]:
+    """Per example k (input ``x0[k]``), a network in which one ReLU unit ``h = relu(w . x + b)`` is off at
+    ``x0[k]`` by ``gaps[k]`` (``w . x0[k] + b = -gaps[k]``; one network per example: a separate unit per
+    example, each read only from its own block of inputs) and class 1 wins once ``h > 0.1``: logits
+    ``z_0 = 1``, ``z_1 = 10 h``, ``z_2..9 = -1``. At ``x0`` every unit is off: zero Jacobian, flat loss."""
+    g = torch.Generator().manual_seed(seed)
+    d = x0[0].numel()
+    w = torch.randn(d, generator=g)
+    lin = nn.Linear(d, 1)
+    out = nn.Linear(1, 10)
+    with torch.no_grad():
+        lin.weight.copy_(w[None])
+        lin.bias.zero_()
+        out.weight.zero_()
+        out.weight[1, 0] = 10.0
+        out.bias.fill_(-1.0)
+        out.bias[0], out.bias[1] = 1.0, 0.0
+    return nn.Sequential(nn.Flatten(), lin, nn.ReLU(), out), w
+
+
+def _reach(w: torch.Tensor, x0: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """Closed form: ``max w . (x - x0)`` over the ball (the box [0, 1] inactive: checked)."""
+    if threat.norm == "linf":
+        assert float(x0.min()) >= threat.eps and float(x0.max()) <= 1 - threat.eps
+        return threat.eps * w.abs().sum().expand(x0.shape[0])
+    step = threat.eps * w / w.norm()
+    assert float(step.abs().max()) <= min(float(x0.min()), 1 - float(x0.max()))
+    return threat.eps * w.norm().expand(x0.shape[0])
+
+
+@pytest.mark.parametrize("threat", [ThreatModel("linf", 0.1), ThreatModel("l2", 2.0)])
+def test_escape_pgd_breaks_exactly_the_dead_unit_points_the_closed_form_says_are_breakable(threat):
+    """Against the closed form: the example is breakable iff the unit can reach 0.1 in the ball, i.e.
+    ``reach - gap > 0.1``. Gaps at 0.3-0.9 of the reach are breakable (beyond random starts: at least
+    4.8 standard deviations of ``w . (x - x0)`` at a uniform random point of the ball), gaps above the
+    reach are not; every point stays in the ball, and ``seen`` (the unit switched on somewhere) holds
+    exactly for the breakable ones."""
+    x0 = torch.full((1, 1, 16, 16), 0.5)
+    model, w = _dead_unit_net(x0, torch.zeros(1))
+    reach = float(_reach(w, x0, threat)[0])
+    fractions = torch.tensor([0.3, 0.6, 0.9, 1.05, 1.5])
+    x = x0.repeat(5, 1, 1, 1)
+    y = torch.zeros(5, dtype=torch.long)
+    breakable = reach - fractions * reach > 0.1
+    assert breakable.tolist() == [True, True, True, False, False]
+    hits, seen = [], []
+    for k in range(5):  # one bias per example: the unit is off by fractions[k] * reach at x0
+        with torch.no_grad():
+            model[1].bias.fill_(-float(w @ x0.flatten()) - float(fractions[k]) * reach)
+        assert zero_jacobian(model, x[k:k + 1]).item()
+        res = escape_pgd(model, x[k:k + 1], y[k:k + 1], threat, steps=50)
+        assert bool(threat.contains(res.points, x[k:k + 1]).all())
+        with torch.no_grad():
+            hits.append(model(res.points).argmax(1).item() != 0)
+        seen.append(bool(res.info["seen"].item()))
+    assert hits == breakable.tolist()
+    assert seen == breakable.tolist()  # the unbreakable unit never switches on: no gradient anywhere
+
+
+def test_autoattack_breaks_dead_unit_points_by_the_escape_attack():
+    """End to end: AutoAttack alone cannot see a point 0.6 of the reach away from switching its unit on
+    (flat loss for APGD, FAB and Square); the escape attack breaks it, ``info`` counts the hit and
+    nothing is left unresolved. A point beyond the reach is proven robust by the bounds instead."""
+    threat = ThreatModel("linf", 0.1)
+    x = torch.full((2, 1, 16, 16), 0.5)
+    y = torch.zeros(2, dtype=torch.long)
+    model, w = _dead_unit_net(x[:1], torch.zeros(1))
+    reach = float(_reach(w, x[:1], threat)[0])
+    results = []
+    for frac in (0.6, 1.5):
+        with torch.no_grad():
+            model[1].bias.fill_(-float(w @ x[0].flatten()) - frac * reach)
+        res = autoattack(model, x[:1], y[:1], threat, batch_size=1, square_queries=300, square_escalation=0)
+        with torch.no_grad():
+            results.append((model(res.points).argmax(1).item(), res.info["blind_escape_hits"],
+                            res.info["unresolved"]))
+    assert results == [(1, 1, 0), (0, 0, 0)]

@@ -62,7 +62,7 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     assert {"linf_AA", "l2_AA", "AA_square_flag", "train_minutes"} <= set(t1.columns)
     m = json.loads((out / "metrics/attack/hamming_stability.json").read_text())
     assert set(m["autoattack"]["linf"]) == {"square_stronger", "escalated", "escalation_hits",
-                                            "unresolved", "unresolved_positions"}
+                                            "blind_escape_hits", "unresolved", "unresolved_positions"}
     assert m["autoattack"]["linf"]["unresolved"] == 0
     assert m["seconds"]["aa_linf"] > 0 and "curves_after_attacks" in m["seconds"]
     report = (out / "report.md").read_text()

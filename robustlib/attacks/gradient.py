@@ -1,6 +1,7 @@
-"""Gradient attacks in an L-inf or L2 ball: FGSM, PGD with restarts, and a transfer (black-box) attack.
+"""Gradient attacks in an L-inf or L2 ball: FGSM, PGD with restarts, a transfer (black-box) attack, and
+``escape_pgd`` for gradient-blind points (AutoAttack's zero-gradient survivors).
 
-All three run on the ascent engine (``robustlib.attacks.ascent.maximize``). PGD (Madry et al. 2018) is
+All run on the ascent engine (``robustlib.attacks.ascent.maximize``). PGD (Madry et al. 2018) is
 the hot loop of the attack stage. Per example it keeps the MOST adversarial
 point seen over all steps and restarts: the first misclassified point ends the example at once; while
 the example is still classified correctly, the point of highest cross-entropy is kept. Examples that
@@ -92,3 +93,55 @@ def transfer(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor, 
             out.append(maximize(source_model, problem, steps, SteepestStep(step, threat.norm), restarts=restarts,
                                 keep="objective").points)
     return AttackResult(torch.cat(out) if out else x.clone())
+
+
+def _relu_inputs(net: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input of every ReLU of ``net`` at ``x`` (its pre-activations), flattened per example."""
+    out = []
+    for layer in net:
+        if isinstance(layer, nn.ReLU):
+            out.append(x.flatten(1))
+        x = layer(x)
+    return out
+
+
+def escape_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int = 100,
+               batch_size: int = 1000) -> AttackResult:
+    """An adaptive attack for gradient-blind points (Tramer et al. 2020, "On Adaptive Attacks to
+    Adversarial Example Defenses": when the loss gives no gradient, attack a surrogate that does).
+
+    At a point where a whole ReLU layer is off, the logits are locally constant and every gradient
+    attack (and Square's random search, on a flat loss) is blind. Here, first ``steps`` steepest-ascent
+    steps from ``x`` maximize ``sum_l logsumexp(pre-activations of ReLU layer l)`` -- a smooth maximum
+    that switches on the units closest to turning on -- keeping per example the iterate of largest
+    surrogate; then ``steps`` PGD steps on the cross-entropy start from that point. Both run on the
+    ascent engine in the ``threat`` ball (step 2.5 eps / steps). Needs a network ``to_sequential``
+    supports (``ValueError`` otherwise). ``info["seen"]`` (BoolTensor): the cross-entropy attack started
+    at a point where the logits' input Jacobian is not exactly zero, i.e. gradients could see the
+    example."""
+    from robustlib.attacks.autoattack import zero_jacobian
+    from robustlib.bounds import to_sequential
+
+    check_inputs(x, y)
+    check_threat(threat)
+    steps = check_count("steps", steps, 1)
+    batch_size = check_count("batch_size", batch_size, 1)
+    net = to_sequential(model)
+    x = x.detach()
+    size = threat.default_step_size(steps)
+
+    def surrogate(logits, theta, idx):
+        return sum(torch.logsumexp(z, 1) for z in _relu_inputs(net, theta))
+
+    points, seen = [], []
+    with eval_mode(model):
+        for s in chunks(x.shape[0], batch_size):
+            start = maximize(model, ball_problem(x[s], surrogate, threat, random_start=False), steps,
+                             SteepestStep(size, threat.norm), keep="objective", y=y[s]).points
+            seen.append(~zero_jacobian(model, start))
+            problem = ball_problem(x[s], cross_entropy(y[s]), threat, start=start)
+            points.append(maximize(model, problem, steps, SteepestStep(size, threat.norm), keep="objective",
+                                   y=y[s]).points)
+    if not points:
+        return AttackResult(x.clone(), {"seen": torch.zeros(0, dtype=torch.bool)})
+    return AttackResult(torch.cat(points), {"seen": torch.cat(seen)})
