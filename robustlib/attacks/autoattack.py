@@ -21,12 +21,12 @@ dead units on -- then runs PGD on the cross-entropy from that point); its hits c
 (``info["blind_escape_hits"]``), and an example it attacked from a point with a nonzero Jacobian is no
 longer blind. Survivors that neither an attack nor a bound decides (*unresolved*: gradient-blind at
 their clean input, unbroken by Square, and no escape from their flat region found) fail the run when
-they are more than ``BLIND_MAX_FRACTION`` (1%) of the examples; at most that many are counted robust, as every unbroken example is, and recorded in ``info``
-(``unresolved``, ``unresolved_positions``) and in the report (Table 1's ``AA_unresolved``): the
-robust accuracy may overstate by at most that count. (Found on CIFAR-10, cifar10-cpu's hamming_only: 11
-of 1,000 examples at L2 eps 1.0 survived AutoAttack with an exactly zero Jacobian, e.g. test index
-6146 with its whole first ReLU layer off, and no bound of ours is tight enough to prove them; the
-escape attack breaks 5 and gives gradients to 4.)
+they are more than ``BLIND_MAX_FRACTION`` (1%) of the examples; at most that many are counted robust, as
+every unbroken example is, and recorded in ``info`` (``unresolved``, ``unresolved_positions``) and in
+the report (Table 1's ``AA_unresolved``): the robust accuracy may overstate by at most that count.
+(Found on CIFAR-10, cifar10-cpu's hamming_only: 11 of 1,000 examples at L2 eps 1.0 survived AutoAttack
+with an exactly zero Jacobian, e.g. test index 6146 with its whole first ReLU layer off, and no bound of
+ours is tight enough to prove them; the escape attack breaks 5 and gives gradients to 4.)
 
 "Square stronger than the gradient attacks" is acted on as AutoAttack's flags document advises: the
 surviving examples are attacked again by Square with ``square_escalation`` times the queries and
