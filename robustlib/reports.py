@@ -279,8 +279,10 @@ def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.Data
     minutes per run; each perceptual column is the per-example worst case over that threat model's
     attacks (NPTM: LPA and PPGD); an attack that does not apply to the dataset shows ``n/a``. ``AA_square_flag``
     names the threat models where AutoAttack's Square (gradient-free) broke examples that APGD and
-    FAB did not (a sign of gradient masking); ``AA_unresolved`` counts, per threat model, the unbroken
-    examples with a zero input gradient that no bound proves robust (``robustlib.attacks.autoattack``)."""
+    FAB did not (a sign of gradient masking); ``AA_escape_hits`` counts, per threat model, the examples
+    AutoAttack left unbroken with a zero input gradient that the escape attack broke, and
+    ``AA_unresolved`` the unbroken examples with a zero input gradient that no bound proves robust and
+    no escape reached (``robustlib.attacks.autoattack``)."""
     minutes = {m["run"]: m["train_minutes"] for m in train}
     rows = []
     for m in attack:
@@ -294,8 +296,8 @@ def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.Data
         row["train_minutes"] = minutes.get(m["run"])
         aa = m.get("autoattack", {})
         row["AA_square_flag"] = ",".join(n for n in ("linf", "l2") if aa.get(n, {}).get("square_stronger")) or "-"
-        row["AA_unresolved"] = ",".join(f"{n}:{aa[n]['unresolved']}" for n in ("linf", "l2")
-                                        if aa.get(n, {}).get("unresolved")) or "-"
+        for col, key in (("AA_escape_hits", "blind_escape_hits"), ("AA_unresolved", "unresolved")):
+            row[col] = ",".join(f"{n}:{aa[n][key]}" for n in ("linf", "l2") if aa.get(n, {}).get(key)) or "-"
         row["PGD_nonmonotone"] = "yes" if m.get("sanity", {}).get("pgd_nonmonotone") else "-"
         row["PGD_unconverged"] = "yes" if m.get("sanity", {}).get("budget_linf", {}).get("unconverged") else "-"
         row["PGD_below_FGSM"] = "yes" if m.get("sanity", {}).get("pgd_weaker_than_fgsm") else "-"

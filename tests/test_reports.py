@@ -73,12 +73,15 @@ def test_per_example_outcomes_are_the_columns_the_report_averages(tmp_path):
 
 
 def test_attack_table_flags_unresolved_autoattack_survivors():
-    """Table 1's AA_unresolved: per threat model, the count the attack stage recorded ("-" when none)."""
+    """Table 1's AA_unresolved and AA_escape_hits: per threat model, the counts the attack stage
+    recorded ("-" when none)."""
     from robustlib.reports import attack_table
 
     base = {"clean_acc": 0.5, "aa_linf_acc": 0.3, "worst_linf_acc": 0.3, "aa_l2_acc": 0.2}
-    attack = [{"run": "a", **base, "autoattack": {"linf": {"unresolved": 0}, "l2": {"unresolved": 2}}},
+    attack = [{"run": "a", **base, "autoattack": {"linf": {"unresolved": 0, "blind_escape_hits": 3},
+                                                  "l2": {"unresolved": 2, "blind_escape_hits": 5}}},
               {"run": "b", **base, "autoattack": {"linf": {"square_stronger": True}}}]
     t = attack_table([{"run": "a", "train_minutes": 1.0}, {"run": "b", "train_minutes": 2.0}], attack)
     assert t.set_index("run")["AA_unresolved"].to_dict() == {"a": "l2:2", "b": "-"}
+    assert t.set_index("run")["AA_escape_hits"].to_dict() == {"a": "linf:3,l2:5", "b": "-"}
     assert t.set_index("run")["AA_square_flag"].to_dict() == {"a": "-", "b": "linf"}

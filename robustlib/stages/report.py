@@ -237,11 +237,15 @@ def _report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_tr
                       "threat models where "
                       "AutoAttack's gradient-free Square broke examples APGD and FAB missed; survivors were "
                       f"re-attacked by Square with {ap['square_escalation']}x queries and restarts "
-                      "(0: not re-attacked, AutoAttack standard as published). AA_unresolved: per threat model, "
-                      "the number of examples counted robust although nothing decided them: unbroken by every "
-                      "AutoAttack component, an exactly zero input gradient (invisible to gradient attacks) and no "
-                      "sound bound proving them robust; the AA figure may overstate by at most that many "
-                      "(the stage fails above 1% of the examples).")
+                      "(0: not re-attacked, AutoAttack standard as published). AA_escape_hits: per threat model, "
+                      "examples that survived every AutoAttack component with an exactly zero input gradient "
+                      "(invisible to gradient attacks, a flat loss for Square), no sound bound proving them "
+                      "robust, and broken by our escape attack (an adaptive attack after Tramer et al. 2020: "
+                      "switch dead ReLU units on, then PGD; counted broken in the AA column, a departure from "
+                      "AutoAttack as published). AA_unresolved: per threat model, the number of examples counted "
+                      "robust although nothing decided them: blind as above and no escape found a point with a "
+                      "gradient; the AA figure may overstate by at most that many (the stage fails above 1% of "
+                      "the examples).")
     lines += beside("table1")
     lines += _section("Perceptual attacks: budgets and positive controls", t / "perceptual_settings.md", out,
                       "Budgets as Laidlaw et al. 2021 use them on CIFAR-10 (they give none for MNIST); the "
