@@ -85,3 +85,16 @@ def test_attack_table_flags_unresolved_autoattack_survivors():
     assert t.set_index("run")["AA_unresolved"].to_dict() == {"a": "l2:2", "b": "-"}
     assert t.set_index("run")["AA_escape_hits"].to_dict() == {"a": "linf:3,l2:5", "b": "-"}
     assert t.set_index("run")["AA_square_flag"].to_dict() == {"a": "-", "b": "linf"}
+
+
+def test_verification_table_keeps_eps_exact_for_the_papers_8_255():
+    """Rounding eps to 3 decimals (0.031) once hid every cifar10-cpu Table 2 number from the comparison
+    with the paper, which selects the rows at 8/255 within 1e-6."""
+    from robustlib.paper import PAPER_EPS
+    from robustlib.reports import verification_table
+
+    e = {"verified": 1, "n": 10, "pgd_acc": 0.3, "verified_fraction": 0.2, "ibp_certified_acc": 0.1, "unknown": 0,
+         "timeouts": 0, "median_seconds": 0.1234, "p90_seconds": 1.0, "unstable_median": 0}
+    t = verification_table([{"run": "a", "clean_acc": 0.5, "eps": {"0.0313725": e}}], {})
+    assert (t["eps"] - PAPER_EPS).abs().lt(1e-6).tolist() == [True]
+    assert t.loc[0, "median_s"] == 0.123
