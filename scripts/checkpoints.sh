@@ -9,6 +9,7 @@
 #   bash scripts/checkpoints.sh save      # after a stage finishes or before stopping; then commit checkpoints/
 #   bash scripts/checkpoints.sh restore   # on a fresh clone (set-up done): then `dvc repro` skips what the
 #                                         # lock and the restored outputs agree on, and resumes the rest
+#                                         # (after a profile switch it first takes reports/<profile>/dvc.lock)
 # A restored output is used only if its md5 is the one dvc.lock records; a resume.pt only by the same
 # training configuration (robustlib.train checks its hash).
 set -euo pipefail
@@ -33,6 +34,15 @@ case "${1:-}" in
     echo "saved: checkpoints/ ($(du -sh checkpoints | cut -f1)); commit it with the results"
     ;;
   restore)
+    # after `params use P`, dvc.lock may still be another profile's: P's committed results came with
+    # reports/P/dvc.lock, which names the outputs to pull
+    lock_profile=$("$PY" -c 'import re, yaml  # the profile whose report stage dvc.lock records
+cmd = (yaml.safe_load(open("dvc.lock"))["stages"].get("report") or {}).get("cmd", "")
+print(re.search(r"output_root reports/(\S+)", cmd).group(1))' 2>/dev/null || true)
+    if [ -f "reports/$profile/dvc.lock" ] && [ "$lock_profile" != "$profile" ]; then
+      cp "reports/$profile/dvc.lock" dvc.lock
+      echo "dvc.lock was not $profile's: copied reports/$profile/dvc.lock (the lock of its committed results)"
+    fi
     "$DVC" pull -r checkpoints --allow-missing
     if [ -d "$progress" ]; then
       mkdir -p "$runs"

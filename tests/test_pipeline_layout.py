@@ -1,7 +1,11 @@
 """dvc.yaml, robustlib.paths and the notebooks agree with each other and with the conventions."""
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +71,29 @@ def test_every_output_lies_under_the_profile_root(root):
     report = _outs(_dvc(root)["report"])
     assert str(paths.report_path(Path(PROFILE_ROOT))) in report
     assert str(paths.provenance_path(Path(PROFILE_ROOT))) in report
+
+
+def _restore_in(ws, root, active, lock_of):
+    (ws / "scripts").mkdir(parents=True)
+    (ws / "scripts" / "checkpoints.sh").write_text((root / "scripts" / "checkpoints.sh").read_text())
+    (ws / "params.yaml").write_text(yaml.safe_dump({"base": {"profile": active}}))
+    for profile in ("default", "cifar10-cpu"):
+        (ws / "reports" / profile).mkdir(parents=True, exist_ok=True)
+        (ws / "reports" / profile / "dvc.lock").write_text(yaml.safe_dump(
+            {"schema": "2.0", "stages": {"report": {"cmd": f"papermill x.ipynb -p output_root reports/{profile} -p y 1"}}}))
+    (ws / "dvc.lock").write_text((ws / "reports" / lock_of / "dvc.lock").read_text() + "# local\n")
+    env = dict(os.environ, PY=sys.executable, DVC=shutil.which("true"))  # `dvc pull` is not under test here
+    subprocess.run(["bash", "scripts/checkpoints.sh", "restore"], cwd=ws, env=env, check=True, capture_output=True)
+    return (ws / "dvc.lock").read_text()
+
+
+def test_restore_takes_the_profile_lock_after_a_switch(tmp_path, root):
+    """After `params use P`, `checkpoints.sh restore` pulls by reports/P/dvc.lock (the lock of P's committed
+    results), and leaves a dvc.lock that already is P's alone."""
+    switched = _restore_in(tmp_path / "a", root, active="cifar10-cpu", lock_of="default")
+    assert switched == (tmp_path / "a" / "reports" / "cifar10-cpu" / "dvc.lock").read_text()
+    own = _restore_in(tmp_path / "b", root, active="default", lock_of="default")
+    assert own.endswith("# local\n")
 
 
 def test_every_p_value_comes_from_params_or_the_stage(root):
