@@ -43,7 +43,9 @@ print(re.search(r"output_root reports/(\S+)", cmd).group(1))' 2>/dev/null || tru
       cp "reports/$profile/dvc.lock" dvc.lock
       echo "dvc.lock was not $profile's: copied reports/$profile/dvc.lock (the lock of its committed results)"
     fi
-    "$DVC" pull -r checkpoints --allow-missing
+    # this pipeline's stages only: a pull without targets would also delete from the workspace the DVC
+    # outputs of the profile that was active before (they stay in the cache and in checkpoints/)
+    "$DVC" pull -r checkpoints --allow-missing $("$DVC" stage list --name-only)
     if [ -d "$progress" ]; then
       mkdir -p "$runs"
       cp -rpn "$progress/." "$runs/"  # never overwrites newer local state
