@@ -73,6 +73,18 @@ def test_every_output_lies_under_the_profile_root(root):
     assert str(paths.provenance_path(Path(PROFILE_ROOT))) in report
 
 
+def test_each_committed_profile_lock_records_only_that_profile(root):
+    """reports/<profile>/dvc.lock (copied by scripts/repro.sh) names the stages the profile's results came
+    from, and no other: DVC keeps lock entries of stages that left dvc.yaml, which repro.sh prunes."""
+    locks = sorted(root.glob("reports/*/dvc.lock"))
+    assert locks
+    for lock in locks:
+        profile = lock.parent.name
+        stages = yaml.safe_load(lock.read_text())["stages"]
+        assert "report" in stages, lock
+        assert all(f"-p output_root reports/{profile} " in s["cmd"] + " " for s in stages.values()), lock
+
+
 def _restore_in(ws, root, active, lock_of):
     (ws / "scripts").mkdir(parents=True)
     (ws / "scripts" / "checkpoints.sh").write_text((root / "scripts" / "checkpoints.sh").read_text())
