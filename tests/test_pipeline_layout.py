@@ -1,4 +1,4 @@
-"""dvc.yaml, robustlib.paths and the notebooks agree with each other and with the conventions."""
+"""dvc.yaml, robustlib.pipeline.paths and the notebooks agree with each other and with the conventions."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustlib import paths
+from robustlib.pipeline import paths
 
 
 def _dvc(root):
