@@ -19,7 +19,7 @@ done
 cd "$ws"
 git init -q && git add -A && git -c user.name=d -c user.email=d@d commit -qm copy
 export PYTHONPATH="$ws"  # the copy's robustlib, not the editable install's
-python -m robustlib.params use smoke >/dev/null
+python -m robustlib.pipeline use smoke >/dev/null 2>&1 || python -m robustlib.params use smoke >/dev/null  # after / before the move
 dvc repro -q >&2
 out=reports/smoke
 find "$out" -type f \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.png' \) \

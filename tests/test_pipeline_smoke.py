@@ -39,8 +39,8 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     _run(["git", "add", "-A"], ws)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace copy"], ws)
     dvc = str(Path(sys.executable).with_name("dvc"))
-    _run([sys.executable, "-m", "robustlib.pipeline.params", "use", "smoke"], ws)
-    _run([sys.executable, "-m", "robustlib.pipeline.params", "check"], ws)
+    _run([sys.executable, "-m", "robustlib.pipeline", "use", "smoke"], ws)
+    _run([sys.executable, "-m", "robustlib.pipeline", "check"], ws)
     reads_log = tmp_path / "params_reads.jsonl"
     _run([dvc, "repro"], ws, ROBUSTLIB_PARAMS_LOG=str(reads_log))
     _check_declared_params(ws / "dvc.lock", reads_log)

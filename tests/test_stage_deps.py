@@ -81,7 +81,8 @@ def test_deps_cover_the_code_the_stage_runs(root, name):
     assert needed, f"{name}: its notebook imports no robustlib module"
     covered = [root / d for d in deps]
     missing = sorted(str(f.relative_to(root)) for f in needed
-                     if f.name != "__init__.py" or f.read_text().count("\n") > 1  # a docstring-only __init__ runs no code
+                     # a docstring-only __init__ runs no code
+                     if f.name != "__init__.py" or f.read_text().count("\n") > 1
                      if not any(f == c or c in f.parents for c in covered))
     assert not missing, f"stage {name} runs these modules but dvc.yaml does not list them in its deps: {missing}"
 
