@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m robustlib.pipeline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("check", help="check every value of params.yaml and that the data it names is in place")
-    use = sub.add_parser("use", help="switch profile: write params.yaml from profiles/NAME.yaml")
+    use = sub.add_parser("use", help="switch profile: write params.yaml from profiles/<NAME>.yaml")
     use.add_argument("name")
     args = parser.parse_args(argv)
     try:
