@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         "The same examples, three verifiers: `highs` and `scip` run the same verifier and MILP encoding "
         "(CROWN bounds, PGD-20, early-stopping MILP) with different solvers; `naive` is an interval-bound MILP "
         "(HiGHS, no attack). Verified means the proven margin exceeds the numerical tolerance "
-        "(robustlib.bounds.intervals.margin_tolerance: 1e-4 + 1e-5 x a bound on the largest logit over the ball).",
+        "(robustlib.bounds.tolerance.margin_tolerance: 1e-4 + 1e-5 x a bound on the largest logit over the ball).",
         "",
         "| | " + " | ".join(CONFIGS) + " |",
         "|---|" + "---|" * len(CONFIGS),

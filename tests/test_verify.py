@@ -14,7 +14,8 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-from robustlib.bounds.intervals import input_box, margin_lower_bounds, margin_tolerance, to_sequential
+from robustlib.bounds.intervals import input_box, margin_lower_bounds, to_sequential
+from robustlib.bounds.tolerance import margin_tolerance
 from robustlib.models import Normalize, build_model
 from robustlib.verification.milp import SOLVERS, MILPEncoder, replays, solve_class, summarize, verify
 

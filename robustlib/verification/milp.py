@@ -59,18 +59,9 @@ from tqdm.auto import tqdm
 
 from robustlib.attacks.ascent import ascend
 from robustlib.attacks.common import margin_loss
-from robustlib.bounds.intervals import (
-    BOUND_METHODS,
-    MARGIN_ATOL,
-    MARGIN_RTOL,
-    _affine,
-    _pool_args,
-    affine_linear_part,
-    input_box,
-    margin_lower_bounds,
-    margin_tolerance,
-    to_sequential,
-)
+from robustlib.bounds.intervals import BOUND_METHODS, input_box, margin_lower_bounds, to_sequential
+from robustlib.bounds.layers import _affine, _pool_args, affine_linear_part
+from robustlib.bounds.tolerance import MARGIN_ATOL, MARGIN_RTOL, margin_tolerance
 from robustlib.pipeline import parallel
 from robustlib.threat import NORMS, ThreatModel
 
