@@ -32,8 +32,9 @@ import torch
 
 from robustlib.data.datasets import load_split
 from robustlib.pipeline.io import load_model, write_json
-from robustlib.verification.milp import solver_settings as settings_of
-from robustlib.verification.milp import summarize, verify
+from robustlib.verification.cascade import summarize
+from robustlib.verification.shards import verify
+from robustlib.verification.solvers import solver_settings as settings_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent

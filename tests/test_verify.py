@@ -1,4 +1,4 @@
-"""Soundness and completeness of the MILP verifier (robustlib.verification.milp) against an independent
+"""Soundness and completeness of the MILP verifier (robustlib.verification) against an independent
 reference: exhaustive case analysis over activation patterns of tiny ReLU nets with 2-D inputs, each
 pattern a linear region whose minimum margin over (region intersected with the box) is an LP solved
 by scipy.optimize.linprog; and exhaustive enumeration of max-pool argmax choices."""
@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,10 +19,13 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-from robustlib.bounds.intervals import input_box, margin_lower_bounds, to_sequential
+from robustlib.bounds.intervals import ibp_certified, input_box, margin_lower_bounds, to_sequential
 from robustlib.bounds.tolerance import margin_tolerance
 from robustlib.models import Normalize, build_model
-from robustlib.verification.milp import SOLVERS, MILPEncoder, replays, solve_class, summarize, verify
+from robustlib.verification.cascade import replays, summarize
+from robustlib.verification.encoding import MILPEncoder
+from robustlib.verification.shards import verify
+from robustlib.verification.solvers import SOLVERS, solve_class
 
 torch.set_num_threads(1)
 
@@ -332,8 +340,6 @@ def _constant_margin_net(delta: float) -> tuple[nn.Sequential, torch.Tensor, tor
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("bounds", ["linear", "interval"])
 def test_positive_margin_below_tolerance_is_not_verified(solver, bounds):
-    from robustlib.bounds.intervals import ibp_certified
-
     net, x, y = _constant_margin_net(3e-5)
     b = net[3].bias.detach().double()
     delta = float(b[0] - b[1])  # the true margin everywhere: positive, but below the tolerance (>= atol = 1e-4)
@@ -377,7 +383,7 @@ import sys, time
 from pathlib import Path
 import torch
 from torch import nn
-import robustlib.verification.milp as V
+import robustlib.verification.shards as V
 
 shard_dir, log, delay, out = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 torch.manual_seed(1)  # as _tiny_net(1): verified and falsified examples, some by the MILP
@@ -406,12 +412,6 @@ torch.save([(r.verdict, r.method, r.unstable, None if r.margin != r.margin else 
 
 
 def test_verify_killed_after_a_shard_resumes_without_redoing_finished_examples(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     script = tmp_path / "run.py"
     script.write_text(_RESUME_SCRIPT)
     shards, log1, log2 = tmp_path / "shards", tmp_path / "first.log", tmp_path / "second.log"

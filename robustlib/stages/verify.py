@@ -42,7 +42,9 @@ from robustlib.pipeline.parallel import Background
 from robustlib.pipeline.params import all_runs, has_run
 from robustlib.stages.common import setup, test_examples
 from robustlib.threat import ThreatModel
-from robustlib.verification.milp import solver_settings, summarize, verify
+from robustlib.verification.cascade import summarize
+from robustlib.verification.shards import verify
+from robustlib.verification.solvers import solver_settings
 
 logger = logging.getLogger(__name__)
 
