@@ -542,14 +542,15 @@ def test_highs_and_scip_paths_reach_the_same_verdicts_through_one_decision(monke
 # Shards written before the verifier was split into modules (commit 744dfda) still load
 # ---------------------------------------------------------------------------------------------------
 PRE_SPLIT = "744dfda"
+PRE_SPLIT_FILE = "robustlib/verification/milp.py"  # the verifier in one module, before this split
 
 
 def _pre_split_shard_code(root, monkeypatch) -> types.ModuleType:
     """``VerifyResult``, ``verify_key``, ``_shard_file`` and ``_save_shard`` (with ``_hash_tensor``) as
-    they were in ``robustlib/verification/milp.py`` at commit 744dfda, read from git and loaded as a
-    module (the rest of that file imports names that have since moved)."""
+    they were in ``PRE_SPLIT_FILE`` at commit ``PRE_SPLIT``, read from git and loaded as a module (the
+    rest of that file imports names that have since moved)."""
     try:
-        src = subprocess.run(["git", "show", f"{PRE_SPLIT}:robustlib/verification/milp.py"], cwd=root,
+        src = subprocess.run(["git", "show", f"{PRE_SPLIT}:{PRE_SPLIT_FILE}"], cwd=root,
                              capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as err:
         pytest.skip(f"the pre-split source ({PRE_SPLIT}) is not available from git here: {err}")
@@ -558,11 +559,11 @@ def _pre_split_shard_code(root, monkeypatch) -> types.ModuleType:
     future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
     tree.body = future + [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in wanted]
     assert {getattr(n, "name", None) for n in tree.body} == wanted | {None}
-    mod = types.ModuleType("robustlib_verification_milp_744dfda")
+    mod = types.ModuleType(f"pre_split_shards_{PRE_SPLIT}")
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     mod.__dict__.update(hashlib=hashlib, json=json, os=os, math=math, Path=Path, torch=torch, nn=nn,
                         Tensor=torch.Tensor, Sequence=Sequence, dataclass=dataclass, asdict=asdict)
-    exec(compile(tree, f"{PRE_SPLIT}:robustlib/verification/milp.py", "exec", dont_inherit=True), mod.__dict__)
+    exec(compile(tree, f"{PRE_SPLIT}:{PRE_SPLIT_FILE}", "exec", dont_inherit=True), mod.__dict__)
     return mod
 
 
