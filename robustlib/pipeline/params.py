@@ -157,7 +157,7 @@ def validate(params: Mapping[str, Any]) -> None:
 
 
 def _validate_verify(vp: Mapping[str, Any]) -> None:
-    from robustlib.verification.milp import SOLVERS
+    from robustlib.verification.solvers import SOLVERS
 
     if "solver" in vp and vp["solver"] not in SOLVERS:
         raise ParamsError(f"verify.solver must be one of {list(SOLVERS)}, got {vp['solver']!r}")
