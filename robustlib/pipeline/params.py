@@ -157,10 +157,6 @@ def validate(params: Mapping[str, Any]) -> None:
 
 
 def _validate_verify(vp: Mapping[str, Any]) -> None:
-    from robustlib.verification.solvers import SOLVERS
-
-    if "solver" in vp and vp["solver"] not in SOLVERS:
-        raise ParamsError(f"verify.solver must be one of {list(SOLVERS)}, got {vp['solver']!r}")
     for key, lo in (("shard_size", 1), ("processes", 1), ("n_test", 1)):
         if key in vp and not (isinstance(vp[key], int) and vp[key] >= lo):
             raise ParamsError(f"verify.{key} must be an integer >= {lo}, got {vp[key]!r}")
