@@ -150,7 +150,7 @@ def test_non_finite_loss_stops_at_the_step_and_writes_no_checkpoint(tmp_path):
 def test_a_run_that_diverges_after_an_epoch_keeps_its_last_finite_epoch(tmp_path):
     """The train stage's policy: the failing epoch is dropped, the model and history are epoch 2's (equal
     to its checkpoint), and the second value says where training diverged; in epoch 1 it re-raises."""
-    from robustlib.stages.train import train_or_last_finite
+    from robustlib.training.runner import train_or_last_finite
 
     x, y = _data()
     x_val = x[:16].clone()
@@ -169,7 +169,7 @@ def test_a_run_that_diverges_after_an_epoch_keeps_its_last_finite_epoch(tmp_path
     cfg = _cfg(objective={"ce": 1.0}, epochs=4)
     xs, hook = poisoned(2)
     with pytest.MonkeyPatch.context() as mp:
-        import robustlib.stages.train as stage
+        import robustlib.training.runner as stage
         mp.setattr(stage, "train", lambda *a, **k: train(*a, **k, step_hook=hook))
         res, diverged = stage.train_or_last_finite(cfg, xs, y, x_val, y[:16], **stop)
         assert diverged["epoch"] == 3 and "epoch 3, step 2" in diverged["message"]
