@@ -64,7 +64,7 @@ NOTEBOOKS = {
                           "`robustlib.pipeline.sweeps`), with the per-epoch probe diagnostics and the collapse stop; "
                           "an interrupted cell resumes from its last completed epoch."),
         new_code_cell(EXPLORE + 'cell: str = "smoke_h10_s0p0025"  # a cell name of sweep_cells\n'
-                      'params_file: str = "params.yaml"  # relative to the project root\n'
+                      'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       + OUT + "\n" + PROGRESS, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import sweep as stage"),
         new_code_cell("metrics = stage.train_cell(cell, params_file, output_root, progress)\n"
@@ -103,7 +103,7 @@ NOTEBOOKS = {
                           "step 2.5 eps / 20) of the cell's model on the validation images the sweep selects on, "
                           "and on test examples when the sweep asks (`sweeps.<sweep>.eval`)."),
         new_code_cell(EXPLORE + 'cell: str = "smoke_h10_s0p0025"  # a cell name of sweep_cells\n'
-                      'params_file: str = "params.yaml"  # relative to the project root\n'
+                      'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       + OUT + '; the sweep-train notebook must have run there', metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import sweep as stage"),
         new_code_cell("result = stage.eval_cell(cell, params_file, output_root)\n"
@@ -123,7 +123,7 @@ NOTEBOOKS = {
                           "the check that the other readings of eq. 17 were tried at the best grid cell, and "
                           "AutoAttack on the selected cell when the sweep asks."),
         new_code_cell(EXPLORE + 'sweep: str = "smoke"  # a sweep name of sweeps\n'
-                      'params_file: str = "params.yaml"  # relative to the project root\n'
+                      'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       + OUT + '; its cells must have been trained and evaluated there',
                       metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import sweep as stage"),
