@@ -99,9 +99,9 @@ NOTEBOOKS = {
         new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.DataFrame(metrics['eps']).T"),
     ],
     "25_sweep_eval.ipynb": [
-        new_markdown_cell("# Evaluate one sweep cell\n\nClean and PGD accuracy (the paper's PGD: 20 steps x 10 restarts, "
-                          "step 2.5 eps / 20) of the cell's model on the validation images the sweep selects on, "
-                          "and on test examples when the sweep asks (`sweeps.<sweep>.eval`)."),
+        new_markdown_cell("# Evaluate one sweep cell\n\nClean and PGD accuracy (the paper's PGD: 20 steps x 10 "
+                          "restarts, step 2.5 eps / 20) of the cell's model on the validation images the sweep "
+                          "selects on, and on test examples when the sweep asks (`sweeps.<sweep>.eval`)."),
         new_code_cell(EXPLORE + 'cell: str = "smoke_h10_s0p0025"  # a cell name of sweep_cells\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       + OUT + '; the sweep-train notebook must have run there', metadata={"tags": ["parameters"]}),
@@ -119,8 +119,8 @@ NOTEBOOKS = {
     ],
     "45_sweep_select.ipynb": [
         new_markdown_cell("# Select the best cell of a weight sweep\n\nThe cell with the best validation PGD accuracy "
-                          "among those that trained and did not collapse (ties: clean accuracy, then the earlier cell), "
-                          "the check that the other readings of eq. 17 were tried at the best grid cell, and "
+                          "among those that trained and did not collapse (ties: clean accuracy, then the earlier "
+                          "cell), the check that the other readings of eq. 17 were tried at the best grid cell, and "
                           "AutoAttack on the selected cell when the sweep asks."),
         new_code_cell(EXPLORE + 'sweep: str = "smoke"  # a sweep name of sweeps\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
@@ -135,7 +135,8 @@ NOTEBOOKS = {
                           "over (gamma_H, gamma_S) with the paper's point and the reference runs, the probe "
                           "diagnostics of every cell (collapsed beside surviving), and the check that the profile's "
                           "seeded runs carry the selected weights and reading."),
-        new_code_cell(CROSS_RUN + '\nsweep: str = "smoke"  # a sweep name of sweeps', metadata={"tags": ["parameters"]}),
+        new_code_cell(CROSS_RUN + '\nsweep: str = "smoke"  # a sweep name of sweeps',
+                      metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nfrom IPython.display import Image, display\n\n"
                       "from robustlib.stages import sweep as stage"),
         new_code_cell("result = stage.report(sweep, params_file, output_root, input_root)\nresult['table']"),

@@ -470,8 +470,10 @@ def test_readings_in_the_hamming_limit_are_exact_counts():
 
     zp, zm = _hand_made()
     counts = [(1, 4), (1, 2), (3, 4), (1, 2)]  # (units differing, m) for (ex 0, layer 0), (ex 0, layer 1), ...
-    want = {"mean_sq": np.mean([(k / m) ** 2 for k, m in counts]), "sum_sq_over_m": np.mean([k * k / m for k, m in counts]),
-            "mean_of_sq": np.mean([k / m for k, m in counts]), "sum_of_sq_over_m2": np.mean([k / m ** 2 for k, m in counts]),
+    want = {"mean_sq": np.mean([(k / m) ** 2 for k, m in counts]),
+            "sum_sq_over_m": np.mean([k * k / m for k, m in counts]),
+            "mean_of_sq": np.mean([k / m for k, m in counts]),
+            "sum_of_sq_over_m2": np.mean([k / m ** 2 for k, m in counts]),
             "mean": np.mean([k / m for k, m in counts])}
     for reading, value in want.items():
         assert float(hamming_reading(zp, zm, 1e9, reading)) == pytest.approx(value, rel=1e-9)

@@ -217,8 +217,8 @@ def test_diagnostic_fields_against_direct_computations():
     """Each field on the probe batch (the first 128 validation images; here all 40) at the end of training,
     recomputed directly: dead and unstable fractions per layer, the weighted terms, the first layer's norm."""
     from robustlib.regularizers import build_objective
-    from robustlib.training.diagnostics import PROBE_SIZE, probe_generator
     from robustlib.threat import ThreatModel
+    from robustlib.training.diagnostics import PROBE_SIZE, probe_generator
 
     x, y = _data()
     cfg = _cfg(epochs=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -71,11 +72,19 @@ def accuracy_figure(rows: Sequence[Mapping], paper_h: float, paper_s: float, ref
     fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols, 4.2), squeeze=False)
     axes = axes[0]
     ref = "; ".join(f"{r['run']} {_pct(r.get('clean_acc'))}/{_pct(r.get('pgd_linf_acc'))}" for r in references)
-    for ax, key, title in ((axes[0], "val_clean_acc", "clean"), (axes[1], "val_pgd_acc", f"PGD (L-inf {eps:.4g})")):
+    panels = ((axes[0], "val_clean_acc", "clean_acc", "clean"),
+              (axes[1], "val_pgd_acc", "pgd_linf_acc", f"PGD (L-inf {eps:.4g})"))
+    for ax, key, ref_key, title in panels:
         hs, ss, values, collapsed = _grid(grid, key)
-        im = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(100 * max((float(r[key]) for r in grid), default=1), 1),
-                       aspect="auto")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="%")
+        top = max([100 * float(r[key]) for r in grid] + [_pct(r.get(ref_key)) or 0 for r in references] + [1])
+        im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1.2 * top, aspect="auto")
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="%")
+        for r in references:  # the reference runs' accuracies as marks on the colour scale
+            if _pct(r.get(ref_key)) is not None:
+                bar.ax.axhline(_pct(r.get(ref_key)), color="red", lw=1.5)
+                bar.ax.text(0.5, _pct(r.get(ref_key)), r["run"], color="red", fontsize=5.5, va="bottom", ha="center",
+                            rotation=90, transform=bar.ax.get_yaxis_transform(),
+                            bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 0.5})
         for i in range(len(hs)):
             for j in range(len(ss)):
                 if np.isnan(values[i, j]):
@@ -86,9 +95,9 @@ def accuracy_figure(rows: Sequence[Mapping], paper_h: float, paper_s: float, ref
         for r in grid:
             i, j = hs.index(r["gamma_h"]), ss.index(r["gamma_s"])
             if math.isclose(r["gamma_h"], paper_h) and math.isclose(r["gamma_s"], paper_s):
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+                ax.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, lw=2.5, ec="black"))
             if r["cell"] == selected:
-                ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, lw=2, ec="lime", ls="--"))
+                ax.add_patch(Rectangle((j - 0.4, i - 0.4), 0.8, 0.8, fill=False, lw=2, ec="lime", ls="--"))
         ax.set_xticks(range(len(ss)), [f"{s:g}" for s in ss])
         ax.set_yticks(range(len(hs)), [f"{h:g}" for h in hs])
         ax.set_xlabel("gamma_S (start of ramp)")
@@ -102,14 +111,19 @@ def accuracy_figure(rows: Sequence[Mapping], paper_h: float, paper_s: float, ref
         ax.bar(x + 0.2, [100 * float(r["val_pgd_acc"]) for r in others], 0.4, label="PGD")
         for k, r in enumerate(others):
             if r["collapsed_epoch"] is not None:
-                ax.annotate(f"C{r['collapsed_epoch']}", (k, 1), ha="center", fontsize=8)
+                ax.annotate(f"C{r['collapsed_epoch']}", (k - 0.2, 100 * float(r["val_clean_acc"])), ha="center",
+                            va="bottom", fontsize=8)
         ax.set_xticks(x, labels, rotation=20, fontsize=8)
         ax.set_ylabel("validation accuracy (%)")
         o = others[0]
         ax.set_title(f"other readings of eq. 17 at gamma_H {o['gamma_h']:g}, gamma_S {o['gamma_s']:g}", fontsize=8)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
+    caption = textwrap.fill(f"black box: the paper's point (gamma_H {paper_h:g}, gamma_S {paper_s:g}); green dashed: "
+                            "the selected cell; C<e>: predictions constant from epoch e (stopped early); red marks on "
+                            "the colour scales: reference runs (test examples)", width=55 * ncols)
+    fig.text(0.01, 0.01, caption, fontsize=7)
+    fig.tight_layout(rect=(0, 0.03 * (caption.count("\n") + 1) + 0.01, 1, 1))
     return fig
 
 
@@ -152,7 +166,9 @@ def diagnostics_figure(curves: Mapping[str, pd.DataFrame], collapsed: Mapping[st
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7,
                    bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 4), 1, 1))
+    fig.suptitle("probe diagnostics per epoch: collapsed cells in red (C<e>: predictions constant from epoch e), "
+                 "the others in blue", fontsize=9)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 4), 1, 0.98))
     return fig
 
 

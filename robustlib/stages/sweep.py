@@ -174,7 +174,8 @@ def _reference(inp: Path, run: str) -> dict[str, Any]:
 def _seeded(inp: Path, run: str) -> dict[str, Any]:
     """A seeded run's attack and verification results, or what is pending."""
     out: dict[str, Any] = {"run": run}
-    for kind, path in (("attack", paths.attack_metrics_path(inp, run)), ("verify", paths.verify_metrics_path(inp, run))):
+    for kind, path in (("attack", paths.attack_metrics_path(inp, run)),
+                       ("verify", paths.verify_metrics_path(inp, run))):
         if not path.exists():
             out[kind] = "pending"
             continue
@@ -208,6 +209,7 @@ def report(sweep: str, params_file: str = "params.yaml", output_root: str = ".",
     diag_fig = save_figure(diagnostics_figure(curves, {r["cell"]: r["collapsed_epoch"] for r in rows}),
                            S.diagnostics_figure_path(env.out, sweep))
     seeded = [_seeded(inp, r) for r in spec.get("seeded_runs") or []]
+    objectives = {r["cell"]: S.cell_config(env.params, r["cell"]).objective for r in rows}
     summary = {
         "sweep": sweep, "base_run": spec["base_run"], "paper_point": {"gamma_h": spec["gamma_h"],
                                                                       "gamma_s": spec["gamma_s"]},
@@ -215,7 +217,7 @@ def report(sweep: str, params_file: str = "params.yaml", output_root: str = ".",
         "best_grid_cell": selection["best_grid_cell"], "selected": selection["selected"],
         "selected_setting": selection["selected_setting"], "readings_pending": selection["readings_pending"],
         "readings": {r: READINGS[r] for r in [S.DEFAULT_READING, *(spec.get("readings") or [])]},
-        "autoattack": selection.get("autoattack"), "cells": table.to_dict("records"),
+        "autoattack": selection.get("autoattack"), "cells": table.to_dict("records"), "objectives": objectives,
         "references": references, "reference_table": references_table(references).to_dict("records"),
         "seeds": list(spec.get("seeds") or []), "seeded_runs": seeded,
         "figures": {"accuracy": S.accuracy_figure_path(Path("."), sweep).as_posix(),
