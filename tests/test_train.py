@@ -313,3 +313,20 @@ def test_new_options_leave_old_configurations_keys_and_records_unchanged():
     assert _cfg(diagnostics=False).key() == cfg.key() and _cfg(stop_on_collapse=5).key() != cfg.key()
     with pytest.raises(ValueError, match="stop_on_collapse"):
         _cfg(stop_on_collapse=-1)
+
+
+def test_diagnostics_run_on_the_compiled_hamming_path_without_changing_training(monkeypatch):
+    """Training compiles the Hamming function (torch.compile, for the first shape seen): the diagnostics' probe batch
+    of the training batch's shape runs through it too (its backward cannot retain the graph: one pass per term)."""
+    from robustlib.regularizers import manifold
+
+    monkeypatch.setenv("ROBUSTLIB_COMPILE", "1")
+    monkeypatch.setitem(manifold._COMPILED, "signature", None)
+    monkeypatch.setitem(manifold._COMPILED, "fn", None)
+    monkeypatch.setitem(manifold._COMPILED, "failed", False)
+    x, y = _data()
+    on = train(_cfg(epochs=2, diagnostics=True), x, y, x[:16], y[:16], progress=False)
+    assert manifold._COMPILED["fn"] is not None and not manifold._COMPILED["failed"]
+    off = train(_cfg(epochs=2, diagnostics=False), x, y, x[:16], y[:16], progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(on.model.parameters(), off.model.parameters(), strict=True))
+    assert on.history[-1]["diag_grad_hamming"] > 0

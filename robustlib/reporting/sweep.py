@@ -17,6 +17,8 @@ from matplotlib.patches import Rectangle
 
 from robustlib.pipeline.sweeps import DEFAULT_READING, summary_path
 
+REFERENCE_COLUMNS = ["run", "n_test", "clean_%", "PGD_%", "AA_%", "worst_linf_%"]
+
 
 def _pct(v: float | None) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(100 * float(v), 2)
@@ -45,7 +47,7 @@ def references_table(references: Sequence[Mapping]) -> pd.DataFrame:
     return pd.DataFrame([{"run": r["run"], "n_test": r.get("n"), "clean_%": _pct(r.get("clean_acc")),
                           "PGD_%": _pct(r.get("pgd_linf_acc")), "AA_%": _pct(r.get("aa_linf_acc")),
                           "worst_linf_%": _pct(r.get("worst_linf_acc"))} for r in references],
-                        columns=["run", "n_test", "clean_%", "PGD_%", "AA_%", "worst_linf_%"])
+                        columns=REFERENCE_COLUMNS)
 
 
 def _grid(rows: Sequence[Mapping], key: str) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
@@ -63,9 +65,10 @@ def _grid(rows: Sequence[Mapping], key: str) -> tuple[list[float], list[float], 
 def accuracy_figure(rows: Sequence[Mapping], paper_h: float, paper_s: float, references: Sequence[Mapping],
                     selected: str | None, eps: float) -> Figure:
     """Heatmaps of validation clean and PGD accuracy (%) over (gamma_H, gamma_S) for the default reading of eq. 17:
-    the paper's point outlined in black, the selected cell in green, ``C<e>`` marks a cell whose predictions
-    became constant at epoch e (stopped early); the reference runs' test accuracies in each panel's title. A third
-    panel shows the cells of other readings (at the best grid cell), when there are any."""
+    the point of factor 1 (``paper_h``, ``paper_s``: the paper's in the profiles' sweeps) outlined in black, the
+    selected cell in green, ``C<e>`` marks a cell whose predictions became constant at epoch e (stopped early); the
+    reference runs' test accuracies in each panel's title and as red marks on the colour scales. A third panel
+    shows the cells of other readings (at the best grid cell), when there are any."""
     grid = [r for r in rows if r["reading"] == DEFAULT_READING]
     others = [r for r in rows if r["reading"] != DEFAULT_READING]
     ncols = 3 if others else 2
@@ -119,7 +122,8 @@ def accuracy_figure(rows: Sequence[Mapping], paper_h: float, paper_s: float, ref
         ax.set_title(f"other readings of eq. 17 at gamma_H {o['gamma_h']:g}, gamma_S {o['gamma_s']:g}", fontsize=8)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
-    caption = textwrap.fill(f"black box: the paper's point (gamma_H {paper_h:g}, gamma_S {paper_s:g}); green dashed: "
+    caption = textwrap.fill(f"black box: the point of factor 1 (gamma_H {paper_h:g}, gamma_S {paper_s:g}: the paper's "
+                            "in the cifar10-cpu and mnist-survey sweeps); green dashed: "
                             "the selected cell; C<e>: predictions constant from epoch e (stopped early); red marks on "
                             "the colour scales: reference runs (test examples)", width=55 * ncols)
     fig.text(0.01, 0.01, caption, fontsize=7)
@@ -152,7 +156,7 @@ def diagnostics_figure(curves: Mapping[str, pd.DataFrame], collapsed: Mapping[st
         for cell, df in curves.items():
             if col_name in df and len(df):
                 label = cell + (f" (C{collapsed[cell]})" if collapsed.get(cell) is not None else "")
-                ax.plot(df["epoch"], df[col_name], color=colours[cell], lw=1.2, label=label)
+                ax.plot(df["epoch"], df[col_name], color=colours[cell], lw=1.2, marker="o", ms=2.5, label=label)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
         if row == 2:
@@ -182,24 +186,27 @@ def sweep_section(summary: Mapping, figures_rel: str, tables_rel: str) -> list[s
     s = summary
     ev = s["eval"]
     readings = "; ".join(f"`{k}` = {v}" for k, v in s["readings"].items())
-    lines = [f"## Weight sweep `{s['sweep']}` (gamma_H x gamma_S around the paper's point)", "",
+    lines = [f"## Weight sweep `{s['sweep']}` (gamma_H x gamma_S, readings of eq. 17)", "",
              f"Cells copy run `{s['base_run']}`'s training; only the starting weights of the Hamming and stability "
              f"terms (both then ramp 10x as in appendix A) and, in the reading cells, the reading of eq. 17 change. "
-             f"Paper's point: gamma_H {s['paper_point']['gamma_h']:g}, gamma_S {s['paper_point']['gamma_s']:g} "
-             f"(grid: {s['grid']}). Readings of eq. 17 (per layer j, H_k = eq. 11, averaged over layers and "
-             f"examples): {readings}. Clean and PGD accuracy ({ev['steps']} steps x {ev['restarts']} restarts, "
+             f"Factors multiply gamma_H {s['paper_point']['gamma_h']:g}, gamma_S {s['paper_point']['gamma_s']:g} "
+             f"(the paper's point, appendix A, in the cifar10-cpu and mnist-survey sweeps; grid: {s['grid']}). "
+             f"Readings of eq. 17 (per layer j, H_k = eq. 11, averaged over layers and examples): {readings}. "
+             f"Clean and PGD accuracy ({ev['steps']} steps x {ev['restarts']} restarts, "
              f"step 2.5 eps/{ev['steps']}, L-inf eps {ev['eps']:g}) on the first {ev['n_val']} VALIDATION images "
              f"(the selection set)" + (f" and on {ev['n_test']} test examples" if ev["n_test"] else "")
-             + f". Selection: {s['rule']}. `collapsed_at`: the first epoch of 5+ consecutive epochs whose "
-             "predictions on the probe batch (first 128 validation images) were one class; such a cell stopped "
-             "early and is not eligible.", ""]
+             + f". Selection: {s['rule']}. " + (
+                 f"`collapsed_at`: the first epoch of {s['stop_on_collapse']} or more consecutive epochs whose "
+                 "predictions on the probe batch (first 128 validation images) were one class; such a cell stopped "
+                 "early and is not eligible." if s.get("stop_on_collapse") else
+                 "The cells were not stopped on collapse."), ""]
     table = Path(tables_rel) / Path(s["table"]).name
     lines += [f"Table: [{table.as_posix()}]({table.as_posix()})", ""]
-    lines += _markdown(pd.DataFrame(s["cells"]))
+    lines += _markdown(pd.DataFrame(s["cells"], columns=s.get("cell_columns")))
     lines += ["", f"![sweep accuracy]({figures_rel}/{Path(s['figures']['accuracy']).name})", ""]
     if s["reference_table"]:
         lines += ["Reference runs of this profile (attack stage, test examples):", ""]
-        lines += _markdown(pd.DataFrame(s["reference_table"])) + [""]
+        lines += _markdown(pd.DataFrame(s["reference_table"], columns=REFERENCE_COLUMNS)) + [""]
     sel = s["selected"]
     if sel is None:
         lines += ["**No cell was selected**: every cell collapsed or diverged in its first epoch.", ""]
@@ -223,7 +230,7 @@ def sweep_section(summary: Mapping, figures_rel: str, tables_rel: str) -> list[s
                  **({"pending": ", ".join(k for k in ("attack", "verify") if r.get(k) == "pending")}
                     if "pending" in (r.get("attack"), r.get("verify")) else {})} for r in s["seeded_runs"]]
         lines += _markdown(pd.DataFrame(rows)) + [""]
-    elif sel is not None:
+    elif sel is not None and s["seeds"]:
         lines += [f"Pending: the selected setting with seeds {s['seeds']} as regular runs (add them to `runs` and "
                   "to `seeded_runs`).", ""]
     lines += [f"![sweep diagnostics]({figures_rel}/{Path(s['figures']['diagnostics']).name})", ""]

@@ -130,7 +130,7 @@ def select(sweep: str, params_file: str = "params.yaml", output_root: str = ".")
     pending = [r for r in spec.get("readings") or [] if not spec.get("readings_at")]
     selection: dict[str, Any] = {
         "sweep": sweep, "cells": rows, "rule": "best validation PGD accuracy among trained, non-collapsed cells; "
-        "ties: better validation clean accuracy, then the earlier cell (paper's point first, grid before readings)",
+        "ties: better validation clean accuracy, then the earlier cell (factors as listed, grid before readings)",
         "best_grid_cell": best_grid["cell"] if best_grid else None,
         "selected": chosen["cell"] if chosen else None,
         "selected_setting": ({k: chosen[k] for k in ("gamma_h", "gamma_s", "gamma_h_factor", "gamma_s_factor",
@@ -217,7 +217,9 @@ def report(sweep: str, params_file: str = "params.yaml", output_root: str = ".",
         "best_grid_cell": selection["best_grid_cell"], "selected": selection["selected"],
         "selected_setting": selection["selected_setting"], "readings_pending": selection["readings_pending"],
         "readings": {r: READINGS[r] for r in [S.DEFAULT_READING, *(spec.get("readings") or [])]},
-        "autoattack": selection.get("autoattack"), "cells": table.to_dict("records"), "objectives": objectives,
+        "autoattack": selection.get("autoattack"), "cells": table.to_dict("records"),
+        "cell_columns": list(table.columns), "objectives": objectives,
+        "stop_on_collapse": int((spec.get("train") or {}).get("stop_on_collapse", 0)),
         "references": references, "reference_table": references_table(references).to_dict("records"),
         "seeds": list(spec.get("seeds") or []), "seeded_runs": seeded,
         "figures": {"accuracy": S.accuracy_figure_path(Path("."), sweep).as_posix(),
