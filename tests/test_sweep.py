@@ -282,14 +282,17 @@ def test_report_section_from_a_summary(tmp_path):
                "reference_table": references_table(refs).to_dict("records"), "seeds": [0, 1, 2],
                "seeded_runs": [{"run": "sel_s0", "clean_acc": 0.36, "pgd_linf_acc": 0.25, "aa_linf_acc": 0.22,
                                 "verified": {"0.0078431": 0.3, "0.0313725": 0.19}},
-                               {"run": "sel_s1", "attack": "pending", "verify": "pending"}],
+                               {"run": "sel_s1", "clean_acc": 0.38, "pgd_linf_acc": 0.27, "aa_linf_acc": 0.24,
+                                "verified": {"0.0078431": 0.32, "0.0313725": 0.21}},
+                               {"run": "sel_s2", "attack": "pending", "verify": "pending"}],
                "figures": {"accuracy": "figures/sweep_verify_accuracy.png",
                            "diagnostics": "figures/sweep_verify_diagnostics.png"},
                "table": "tables/sweep_verify.md"}
     text = "\n".join(sweep_section(summary, "figures", "tables"))
     assert "## Weight sweep `verify`" in text and "**Selected: `verify_h9_s0p04`**" in text
     assert "![sweep accuracy](figures/sweep_verify_accuracy.png)" in text and "VALIDATION" in text
-    assert "| sel_s1 " in text and "attack, verify" in text and "rs_loss" in text
+    assert "| sel_s2 " in text and "attack, verify" in text and "rs_loss" in text
+    assert "mean +/- sd (2 seeds)" in text and "37.00 +/- 1.41" in text and "20.00 +/- 1.41" in text
     path = S.summary_path(tmp_path, "verify")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(summary))

@@ -229,7 +229,7 @@ def sweep_section(summary: Mapping, figures_rel: str, tables_rel: str) -> list[s
                  **{f"verified_%@{e}": _fmt(v) for e, v in (r.get("verified") or {}).items()},
                  **({"pending": ", ".join(k for k in ("attack", "verify") if r.get(k) == "pending")}
                     if "pending" in (r.get("attack"), r.get("verify")) else {})} for r in s["seeded_runs"]]
-        lines += _markdown(pd.DataFrame(rows)) + [""]
+        lines += _markdown(pd.DataFrame(rows + _mean_sd(s["seeded_runs"]))) + [""]
     elif sel is not None and s["seeds"]:
         lines += [f"Pending: the selected setting with seeds {s['seeds']} as regular runs (add them to `runs` and "
                   "to `seeded_runs`).", ""]
@@ -237,8 +237,27 @@ def sweep_section(summary: Mapping, figures_rel: str, tables_rel: str) -> list[s
     return lines
 
 
+def _mean_sd(seeded: Sequence[Mapping]) -> list[dict]:
+    """A 'mean +/- sd' row over the seeded runs (in %), when at least two have every number."""
+    keys = ("clean_acc", "pgd_linf_acc", "aa_linf_acc")
+    done = [r for r in seeded if all(isinstance(r.get(k), (int, float)) for k in keys)]
+    if len(done) < 2:
+        return []
+    row = {"run": f"mean +/- sd ({len(done)} seeds)"}
+    for k, col in zip(keys, ("clean_%", "PGD_%", "AA_%"), strict=True):
+        v = np.array([100 * float(r[k]) for r in done])
+        row[col] = f"{v.mean():.2f} +/- {v.std(ddof=1):.2f}"
+    for e in sorted({e for r in done for e in (r.get("verified") or {})}):
+        v = np.array([100 * float(r["verified"][e]) for r in done if (r.get("verified") or {}).get(e) is not None])
+        if len(v) >= 2:
+            row[f"verified_%@{e}"] = f"{v.mean():.2f} +/- {v.std(ddof=1):.2f}"
+    return [row]
+
+
 def _markdown(df: pd.DataFrame) -> list[str]:
-    return df.to_markdown(index=False).splitlines() if len(df) else ["(none)"]
+    if not len(df):
+        return ["(none)"]
+    return df.astype(object).where(df.notna(), "-").to_markdown(index=False).splitlines()
 
 
 def sweep_sections(input_root: Path, figures_rel: str, tables_rel: str) -> list[str]:
