@@ -43,7 +43,7 @@ NOTEBOOKS = {
                       "pd.Series(metrics, name=run).to_frame()"),
         new_code_cell("from pathlib import Path\n\nfrom robustlib.pipeline import paths\n"
                       "from robustlib.pipeline.params import project_root\n"
-                      "from robustlib.reporting.tables import learning_curves_figure\n\n"
+                      "from robustlib.reporting.plots import learning_curves_figure\n\n"
                       "out = project_root() / output_root\n"
                       "curve = pd.read_csv(paths.train_curve_path(out, run))\n"
                       "learning_curves_figure({run: curve}, ['train_loss', 'val_acc']);"),
@@ -81,9 +81,10 @@ NOTEBOOKS = {
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import attack as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\n"
                       "pd.Series({k: v for k, v in metrics.items() if k.endswith('_acc')}, name=run).to_frame()"),
-        new_code_cell("from robustlib.pipeline import paths\nfrom robustlib.pipeline.params import project_root\n"
-                      "from robustlib.reporting.tables import robustness_curves_figure\n\n"
-                      "robustness_curves_figure({run: pd.read_csv(paths.attack_curve_path("
+        new_code_cell("from robustlib.evaluation.schema import load_curve\nfrom robustlib.pipeline import paths\n"
+                      "from robustlib.pipeline.params import project_root\n"
+                      "from robustlib.reporting.figures import robustness_curves_figure\n\n"
+                      "robustness_curves_figure({run: load_curve(paths.attack_curve_path("
                       "project_root() / output_root, run))});"),
     ],
     "30_verify.ipynb": [
