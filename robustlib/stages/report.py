@@ -16,7 +16,8 @@ from robustlib.pipeline import paths, provenance
 from robustlib.pipeline.io import atomic_write, read_json
 from robustlib.pipeline.params import all_runs
 from robustlib.reporting import paper
-from robustlib.reporting.figures import robustness_curves_figure, verification_figure
+from robustlib.reporting.curves import robustness_curves_figure
+from robustlib.reporting.figures import verification_figure
 from robustlib.reporting.page import paper_comparisons, report_markdown
 from robustlib.reporting.plots import learning_curves_figure, run_family, save_figure
 from robustlib.reporting.tables import (
