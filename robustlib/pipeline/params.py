@@ -49,6 +49,7 @@ SCHEMA: dict[str, set[str]] = {
     "laplacian": {"sparse_run", "dense_run", "fraction"},
     "lpips": set(),  # filled lazily with TrainConfig's fields (the LPIPS network's training, lpips stage)
     "report": {"curve_metrics"},
+    "gallery": {"runs", "n"},  # the adversarial-example gallery: these runs, the first n attacked test images
     "sweeps": set(),  # weight sweeps by name (robustlib.pipeline.sweeps; not inherited through `extends`)
     "sweep_cells": set(),  # their cells: written by `use` (sweeps.expand), checked here
 }
@@ -155,12 +156,12 @@ def validate(params: Mapping[str, Any]) -> None:
             raise ParamsError(f"attack.{key}: unknown run {params['attack'][key]!r}")
     _validate_verify(params["verify"])
     named = [*params["verify"]["milp_runs"], *params["ablations"]["table_runs"], *params["ablations"]["sweep_runs"],
-             params["laplacian"]["sparse_run"]]
+             params["laplacian"]["sparse_run"], *(params.get("gallery") or {}).get("runs", [])]
     if params["laplacian"].get("dense_run") is not None:  # null: no dense run in this profile (Table 4: sparse only)
         named.append(params["laplacian"]["dense_run"])
     unknown = sorted(set(named) - set(all_runs(params)))
     if unknown:
-        raise ParamsError(f"verify/ablations/laplacian name unknown runs {unknown}; runs: {all_runs(params)}")
+        raise ParamsError(f"verify/ablations/laplacian/gallery name unknown runs {unknown}; runs: {all_runs(params)}")
     sweeps.validate(params)
 
 
