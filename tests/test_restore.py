@@ -1,17 +1,20 @@
 """The README's steps, followed literally on a fresh clone, restore each committed profile to a clean
-`dvc status`: switch profile, put the data in place (`python -m robustlib.data.install`), restore
-checkpoints. A stale dependency hash (moved code, a data folder hashed with files no stage reads)
+`dvc status` for every stage with committed results: switch profile, put the data in place
+(`python -m robustlib.data.install`), restore checkpoints. A stale dependency hash (moved code, a data folder hashed with files no stage reads)
 fails here instead of making a newcomer's next `dvc repro` retrain for hours."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
+UNFINISHED = ("sweep_",)  # issue 24's weight sweeps: their stages run across sittings (docs/measurements.md)
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
@@ -43,5 +46,10 @@ def test_readme_steps_restore_a_clean_status(clone, profile):
         _run([sys.executable, "-m", "robustlib.data.install", "cifar10", str(SHARED_CIFAR10)], clone)
     _run([sys.executable, "-m", "robustlib.pipeline", "check"], clone)
     _run(["bash", "scripts/checkpoints.sh", "restore"], clone, DVC=dvc, PY=sys.executable)
-    status = _run([dvc, "status"], clone)
-    assert "Data and pipelines are up to date" in status, status[-3000:]
+    status = _run([dvc, "status", "--json"], clone)
+    pending = set(json.loads(status[status.index("{"):status.rindex("}") + 1]))
+    committed = set(yaml.safe_load((clone / "reports" / profile / "dvc.lock").read_text())["stages"])
+    stale = sorted(pending & committed)
+    assert not stale, f"{profile}: stages with committed results are not up to date after restore: {stale}"
+    unfinished = sorted(pending - committed)  # stages never run yet (a sweep in progress): listed, not stale
+    assert all(s.startswith(UNFINISHED) for s in unfinished), unfinished
