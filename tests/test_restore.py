@@ -1,7 +1,7 @@
 """The README's steps, followed literally on a fresh clone, restore each committed profile to a clean
 `dvc status` for every stage with committed results: switch profile, put the data in place
-(`python -m robustlib.data.install`), restore checkpoints. A stale dependency hash (moved code, a data folder hashed with files no stage reads)
-fails here instead of making a newcomer's next `dvc repro` retrain for hours."""
+(`python -m robustlib.data.install`), restore checkpoints. A stale dependency hash (moved code, a data folder
+hashed with files no stage reads) fails here instead of making a newcomer's next `dvc repro` retrain for hours."""
 
 import json
 import os
