@@ -108,3 +108,30 @@ def compare_outputs(a: Path, b: Path, profile: str) -> dict[str, Any]:
 def lock_stages(ws: Path) -> dict[str, Any]:
     """dvc.lock's stages (in file order)."""
     return yaml.safe_load((Path(ws) / "dvc.lock").read_text())["stages"]
+
+
+def compare_locks(a: Path, b: Path, differ: list[str]) -> list[str]:
+    """Differences between two workspaces' dvc.lock that the differing output files (``differ``, from
+    ``compare_outputs``) do not explain: stage names and order, commands, params, dependency and output
+    paths must be equal, and so must every hash of a path that no differing file lies under."""
+    la, lb = lock_stages(a), lock_stages(b)
+    problems = []
+    if list(la) != list(lb):
+        problems.append(f"stages or their order differ: {list(la)} vs {list(lb)}")
+    for name in set(la) & set(lb):
+        ea, eb = la[name], lb[name]
+        for key in ("cmd", "params"):
+            if ea.get(key) != eb.get(key):
+                problems.append(f"{name}: {key} differs")
+        for key in ("deps", "outs"):
+            pa = {e["path"]: e for e in ea.get(key, [])}
+            pb = {e["path"]: e for e in eb.get(key, [])}
+            if set(pa) != set(pb):
+                problems.append(f"{name}: {key} paths differ")
+                continue
+            for path, e in pa.items():
+                explained = any(f == path or f.startswith(path.rstrip("/") + "/") for f in differ)
+                if not explained and (e.get("md5"), e.get("size"), e.get("nfiles")) != (
+                        pb[path].get("md5"), pb[path].get("size"), pb[path].get("nfiles")):
+                    problems.append(f"{name}: {key} {path} differs in hash though its files are identical")
+    return problems
