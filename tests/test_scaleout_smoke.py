@@ -1,8 +1,9 @@
 """The smoke profile on two local Dask workers (robustlib.scaleout) against a sequential `dvc repro`:
 every stage runs, both workers take stages, verify shards run as tasks of their own, `dvc status` is
-clean afterwards, every output is byte-identical except for wall-clock fields (papermill's cell times,
-`minutes`/`seconds` in metrics and tables), and dvc.lock has the same stages in the same order with the
-same commands, params and paths, and the same hash for every path whose files are byte-identical.
+clean afterwards, every output is byte-identical or differs only where a wall clock decides
+(``robustlib.scaleout.workspace.compare_outputs``: timings in metrics, tables and notebooks, and MILP
+verdicts at their time limit), and dvc.lock has the same stages in the same order with the same commands,
+params and paths, and the same hash for every path whose files are byte-identical.
 
 The sequential reference is the one tests/test_pipeline_smoke.py makes (the `smoke_reference` fixture);
 run alone, this test makes its own (another ~8 minutes)."""
@@ -10,6 +11,7 @@ run alone, this test makes its own (another ~8 minutes)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -22,9 +24,6 @@ from robustlib.scaleout.workspace import compare_locks, compare_outputs, copy_wo
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 
 DVC = str(Path(sys.executable).with_name("dvc"))
-# where a sequential run and a parallel run may differ: papermill's timings in the executed notebooks, and
-# wall-clock fields of metrics, the verify tables' `seconds`, the report's tables and text built from them
-WALL_CLOCK = ("executed/", "metrics/", "verify/", "tables/", "report.md", "provenance.json", "figures/")
 
 
 def test_smoke_profile_on_two_workers_matches_dvc_repro(root, tmp_path, smoke_reference):
@@ -42,12 +41,15 @@ def test_smoke_profile_on_two_workers_matches_dvc_repro(root, tmp_path, smoke_re
     params = yaml.safe_load((ws / "params.yaml").read_text())
     n_shards = sum(len(plan_shards(params, r)) for r in params["verify"]["milp_runs"])
     assert n_shards >= 4 and len(s["shards"]) == n_shards and {x["status"] for x in s["shards"]} == {"computed"}
+    for run_name in params["verify"]["milp_runs"]:  # the stage merged the shard tasks' blocks, recomputing none
+        log = (ws / "reports" / "smoke" / "executed" / f"30_verify_{run_name}.ipynb").read_text()
+        assert len(re.findall(r"verify: (\d+) of \1 examples loaded from shards", log)) == len(params["verify"]["eps"])
     assert "Data and pipelines are up to date" in run([DVC, "status"], ws)
     cmp = compare_outputs(ref, ws, "smoke")
-    assert cmp["only_a"] == [] and cmp["only_b"] == [] and cmp["files"] > 50
-    assert cmp["differ_beyond_timing"] == [], cmp
-    assert all(f.removeprefix("reports/smoke/").startswith(WALL_CLOCK) for f in cmp["differ"]), cmp["differ"]
-    models = [f for f in ref.joinpath("reports/smoke/runs").rglob("model.pt")]
-    assert len(models) == len(params["run_names"]) + 1  # every run and the LPIPS network: byte-identical
-    assert not [f for f in cmp["differ"] if "/runs/" in f]
+    assert cmp["only_a"] == [] and cmp["only_b"] == [] and cmp["files"] > 100
+    assert cmp["unexplained"] == [], cmp  # byte-identical, or equal but for wall-clock fields or MILP time limits
+    assert cmp["identical"] > cmp["files"] // 3
+    models = [str(f.relative_to(ws)) for f in ws.joinpath("reports/smoke/runs").rglob("model.pt")]
+    assert len(models) == len(params["run_names"]) + 1  # every run and the LPIPS network
+    assert not set(models) & set(cmp["presentation"] + list(cmp["milp_time_limits"]))  # equal weights, every one
     assert compare_locks(ref, ws, cmp["differ"]) == []

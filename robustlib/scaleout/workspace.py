@@ -49,7 +49,9 @@ def copy_workspace(root: str | Path, dest: str | Path, profile: str) -> Path:
             shutil.copy2(src, dest / f)
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace copy"], dest)
+    date = "2026-01-01T00:00:00+0000"  # the same files give the same commit in every copy
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace copy"], dest,
+        GIT_AUTHOR_DATE=date, GIT_COMMITTER_DATE=date)
     run([sys.executable, "-m", "robustlib.params", "use", profile], dest)
     return dest
 
@@ -62,7 +64,12 @@ def output_files(ws: Path, profile: str) -> dict[str, str]:
 
 
 TIMING_KEYS = {"minutes", "seconds", "train_minutes", "verify_minutes", "aa_seconds", "duration", "start_time",
-               "end_time", "median_seconds", "p90_seconds", "mean_seconds", "lpips_minutes", "timestamp"}
+               "end_time", "median_seconds", "p90_seconds", "mean_seconds", "timestamp"}
+# rendered for reading, with wall-clock times in them (papermill's cell outputs and timings, tables and text
+# that print minutes, figures of those): compared by presence only
+PRESENTATION = (".ipynb", ".md", ".png")
+# what a MILP's time limit decides (its verdict, and what is counted from the verdicts)
+MILP_DERIVED = ("/metrics/verify/", "/tables/table2_verification.csv")
 
 
 def _strip_timing(obj: Any) -> Any:
@@ -74,35 +81,76 @@ def _strip_timing(obj: Any) -> Any:
     return obj
 
 
-def normalized(path: Path) -> Any:
-    """The content of ``path`` with its wall-clock fields removed: JSON keys named for times, papermill's
-    execution times in notebooks, ``seconds``/``minutes`` columns of CSV tables."""
-    suffix = path.suffix
-    if suffix == ".json":
-        return _strip_timing(json.loads(path.read_text()))
-    if suffix == ".ipynb":
-        nb = json.loads(path.read_text())
-        nb.get("metadata", {}).pop("papermill", None)
-        for cell in nb.get("cells", []):
-            cell.get("metadata", {}).pop("papermill", None)
-            cell.get("metadata", {}).pop("execution", None)
-        return nb
-    if suffix == ".csv":
+def normalized(path: Path, ws: Path) -> Any:
+    """The content of ``path`` (in workspace ``ws``) without wall-clock fields: JSON keys named for times,
+    ``seconds``/``minutes`` columns of CSV tables, a series named for seconds (dvclive), and what names the
+    workspace itself: a checkpoint's absolute paths (a finetune records its parent's), provenance's commit."""
+    if "seconds" in path.name:
+        return None
+    if path.suffix == ".json":
+        obj = _strip_timing(json.loads(path.read_text()))
+        if path.name == "provenance.json":
+            obj.pop("commit", None)  # the workspace copy's own git commit
+        return obj
+    if path.suffix == ".csv":
         import pandas as pd
 
         df = pd.read_csv(path)
         return df.drop(columns=[c for c in df.columns if "seconds" in c or "minutes" in c]).to_csv(index=False)
+    if path.suffix == ".pt":
+        import torch
+
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        weights = {k: v.numpy().tobytes() for k, v in blob.pop("state_dict").items()}
+        return weights, json.dumps(blob, sort_keys=True, default=str).replace(str(Path(ws).resolve()), "<workspace>")
     return path.read_bytes()
 
 
+def milp_timeouts(a: Path, b: Path, rel: str) -> tuple[list[str], bool]:
+    """Examples of a per-example verify table on which either run's MILP hit its time limit (wall-clock
+    dependent), and whether the tables agree on every other example (all columns but ``seconds``)."""
+    import pandas as pd
+
+    ta, tb = pd.read_csv(Path(a) / rel), pd.read_csv(Path(b) / rel)
+    if list(ta.columns) != list(tb.columns) or len(ta) != len(tb) or "reason" not in ta.columns:
+        return [], False
+    hit = (ta["reason"] == "timeout") | (tb["reason"] == "timeout")
+    keep = [c for c in ta.columns if c != "seconds"]
+    same = ta.loc[~hit, keep].reset_index(drop=True).compare(tb.loc[~hit, keep].reset_index(drop=True)).empty
+    return [f"{i}@{e}" for i, e in zip(ta.loc[hit, "index"], ta.loc[hit, "eps"], strict=True)], same
+
+
 def compare_outputs(a: Path, b: Path, profile: str) -> dict[str, Any]:
-    """Compare the profile's outputs of two workspaces: files only in one, byte-identical files, and
-    files that differ in bytes and whether they agree once wall-clock fields are removed."""
+    """Compare the profile's outputs of two workspaces. Every file is byte-identical, or equal once
+    wall-clock fields are removed (``normalized``), or rendered for reading (``PRESENTATION``: compared by
+    presence), or a verify table that agrees except on examples whose MILP hit its time limit in either run
+    (and the verify metrics and Table 2 counted from them); anything else is listed in ``unexplained``."""
     fa, fb = output_files(a, profile), output_files(b, profile)
     differ = sorted(f for f in set(fa) & set(fb) if fa[f] != fb[f])
-    return {"files": len(fa), "only_a": sorted(set(fa) - set(fb)), "only_b": sorted(set(fb) - set(fa)),
-            "identical": sum(fa[f] == fb.get(f) for f in fa), "differ": differ,
-            "differ_beyond_timing": [f for f in differ if normalized(Path(a) / f) != normalized(Path(b) / f)]}
+    out: dict[str, Any] = {"files": len(fa), "only_a": sorted(set(fa) - set(fb)), "only_b": sorted(set(fb) - set(fa)),
+                           "identical": sum(fa[f] == fb.get(f) for f in fa), "differ": differ,
+                           "equal_without_wall_clock": [], "presentation": [], "milp_time_limits": {},
+                           "unexplained": []}
+    rest = []
+    for f in differ:
+        if f.endswith(PRESENTATION):
+            out["presentation"].append(f)
+        elif normalized(Path(a) / f, a) == normalized(Path(b) / f, b):
+            out["equal_without_wall_clock"].append(f)
+        elif f"/{profile}/verify/" in f and f.endswith(".csv"):
+            hit, same = milp_timeouts(a, b, f)
+            if same and hit:
+                out["milp_time_limits"][f] = hit
+            else:
+                out["unexplained"].append(f)
+        else:
+            rest.append(f)
+    for f in rest:  # counted from verdicts: explained only where a verify table differed by time limits alone
+        if any(m in f"/{f}" for m in MILP_DERIVED) and out["milp_time_limits"]:
+            out["milp_time_limits"].setdefault("derived", []).append(f)
+        else:
+            out["unexplained"].append(f)
+    return out
 
 
 def lock_stages(ws: Path) -> dict[str, Any]:
