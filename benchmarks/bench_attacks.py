@@ -20,13 +20,15 @@ from pathlib import Path
 
 import torch
 
-from robustlib import results
 from robustlib.attacks import autoattack, pgd
-from robustlib.data import load_split
-from robustlib.io import load_model, write_json
-from robustlib.parallel import Background
-from robustlib.robustness import evaluate_attacks
-from robustlib.robustness import robustness_curves as stage_curves  # the attack stage's own curve computation
+from robustlib.data.datasets import load_split
+from robustlib.evaluation import schema
+from robustlib.evaluation.worst_case import evaluate_attacks
+from robustlib.evaluation.worst_case import (
+    robustness_curves as stage_curves,  # the attack stage's own curve computation
+)
+from robustlib.pipeline.io import load_model, write_json
+from robustlib.pipeline.parallel import Background
 from robustlib.threat import ThreatModel
 
 RESULTS = Path(__file__).parent / "results"
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         sys.exit(f"error: no checkpoint at {ckpt}. Run `dvc repro` (the train stage writes it) or pass "
-                 f"--checkpoint PATH to a model saved by robustlib.io.save_model.")
+                 f"--checkpoint PATH to a model saved by robustlib.pipeline.io.save_model.")
     torch.set_num_threads(args.threads)
     model = load_model(ckpt)
     test = load_split(args.dataset, train=False, root=args.data)
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     res["perceptual"] = perceptual_speed(model, x, y, Path(args.lpips), args.perceptual_n)
 
     # The whole evaluation as the attack stage runs it: AutoAttack L-inf and L2 side by side in two
-    # forked workers, the PGD curves in a third alongside them (robustlib.parallel).
+    # forked workers, the PGD curves in a third alongside them (robustlib.pipeline.parallel).
     grids = {"linf": [float(e) for e in args.linf_grid.split(",")], "l2": [float(e) for e in args.l2_grid.split(",")]}
     t_all = time.perf_counter()
     background = Background(stage_curves, model, x, y, grids, 20, 10, 0, 500, enabled=args.processes > 1)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             norm = name.removeprefix("autoattack_")
             eps = eps_aa[norm]
             curves.append({"norm": norm, "eps": eps, "attack": "autoattack",
-                           "robust_acc": float(table[results.robust(name)].mean())})
+                           "robust_acc": float(table[schema.robust(name)].mean())})
             print(f"AutoAttack {norm} eps={eps}: {timings[name]:.1f} s, robust acc {curves[-1]['robust_acc']:.4f}",
                   flush=True)
     t0 = time.perf_counter()

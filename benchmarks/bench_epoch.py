@@ -19,7 +19,7 @@ import time
 import torch
 from bench_train import RESULTS, StepTimer, time_interleaved
 
-from robustlib import params as P
+from robustlib.pipeline import params as P
 
 SPLIT_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from bench_train import PAPER_HS, RESULTS, StepTimer, time_interleaved
 
-from robustlib.params import load, run_config
+from robustlib.pipeline.params import load, run_config
 
 PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "default.yaml"
 

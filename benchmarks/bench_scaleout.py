@@ -92,7 +92,7 @@ def measure(workers: list[int], keep: Path | None) -> dict[str, Any]:
 ASSUMPTIONS = [
     "k workers, each holding one GPU and its node's CPUs; every task (a stage or a verify shard) occupies one worker "
     "for its minutes; a worker starts the ready task with the longest remaining path (as the runner's priorities).",
-    "Training (train@<run>): the paper's GPU minutes where robustlib/paper.py records them (hamming_stability 252, "
+    "Training (train@<run>): the paper's GPU minutes where robustlib/reporting/paper.py records them (hamming_stability 252, "
     "pgd_at 1620, one RTX 1080). Every other run: its cifar10-cpu minutes per epoch (measured, metrics/train) "
     "relative to the same anchor (pgd_at for runs whose objective crafts adversarial examples, else "
     "hamming_stability), times the anchor's paper minutes; a run cifar10-cpu did not train: its MNIST "
@@ -130,12 +130,12 @@ def _cpu_minutes(report: str) -> dict[str, dict[str, float]]:
 
 
 def _paper_train_anchors() -> dict[str, float]:
-    from robustlib.paper import TABLE1
+    from robustlib.reporting.paper import TABLE1
 
     for order in TABLE1.orders:
         if order.metric == "train_minutes":
             return {order.better: float(order.paper[0]), order.worse: float(order.paper[1])}
-    raise RuntimeError("robustlib.paper records no training minutes")
+    raise RuntimeError("robustlib.reporting.paper records no training minutes")
 
 
 def paper_tasks(shards: bool) -> tuple[list[simulate.Task], dict[str, float], dict[str, str]]:

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from bench_train import RESULTS, StepTimer
 
-from robustlib import params as P
-from robustlib import paths
-from robustlib.data import data_root, load_split
+from robustlib.data.datasets import data_root, load_split
+from robustlib.pipeline import params as P
+from robustlib.pipeline import paths
 
 INPUTS = ("real", "random")
 

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustlib.data import load_split
-from robustlib.io import load_model, write_json
-from robustlib.verify import solver_settings as settings_of
-from robustlib.verify import summarize, verify
+from robustlib.data.datasets import load_split
+from robustlib.pipeline.io import load_model, write_json
+from robustlib.verification.milp import solver_settings as settings_of
+from robustlib.verification.milp import summarize, verify
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,8 @@ def disagreements(rows: dict[str, list[dict]]) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=str(ROOT / "runs" / "hamming_stability_verify" / "model.pt"),
-                   help="a model saved by robustlib.io.save_model (default: the default profile's verification run)")
+                   help="a model saved by robustlib.pipeline.io.save_model "
+                        "(default: the default profile's verification run)")
     p.add_argument("--n", type=int, default=100, help="number of test examples")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--time-limit", type=float, default=30.0, help="seconds per example")
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         "The same examples, three verifiers: `highs` and `scip` run the same verifier and MILP encoding "
         "(CROWN bounds, PGD-20, early-stopping MILP) with different solvers; `naive` is an interval-bound MILP "
         "(HiGHS, no attack). Verified means the proven margin exceeds the numerical tolerance "
-        "(robustlib.bounds.margin_tolerance: 1e-4 + 1e-5 x a bound on the largest logit over the ball).",
+        "(robustlib.bounds.intervals.margin_tolerance: 1e-4 + 1e-5 x a bound on the largest logit over the ball).",
         "",
         "| | " + " | ".join(CONFIGS) + " |",
         "|---|" + "---|" * len(CONFIGS),

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from robustlib.data import MissingDataError, data_root, dataset_info, load_split
+from robustlib.data.datasets import MissingDataError, data_root, dataset_info, load_split
 from robustlib.models import build_model
 from robustlib.regularizers import StepContext, hamming, stability
 from robustlib.threat import ThreatModel

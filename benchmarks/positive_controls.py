@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from robustlib.io import write_json
-from robustlib.params import load as load_params
-from robustlib.params import project_root
-from robustlib.results import load_results, robust
+from robustlib.evaluation.schema import load_results, robust
+from robustlib.pipeline.io import write_json
+from robustlib.pipeline.params import load as load_params
+from robustlib.pipeline.params import project_root
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     (root / pfile).write_text(yaml.safe_dump(params, sort_keys=False))
 
     t0 = time.perf_counter()
-    from robustlib import paths
-    from robustlib.io import read_json
+    from robustlib.pipeline import paths
+    from robustlib.pipeline.io import read_json
 
     done = args.reuse and paths.model_path(root / out, "standard").exists()
     tm = read_json(paths.train_metrics_path(root / out, "standard")) if done else \

@@ -3,7 +3,7 @@
 Every model takes images in [0, 1] (NCHW float32), normalizes inside, and can return the
 pre-activation of every ReLU from the same forward pass: ``model(x, return_preacts=True)`` gives
 ``(logits, [z_1, ..., z_k])``. ``build_model(name, **kwargs)`` builds any of them by name; the name and
-arguments are kept on ``model.arch`` so checkpoints can rebuild the model (``robustlib.io``).
+arguments are kept on ``model.arch`` so checkpoints can rebuild the model (``robustlib.pipeline.io``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 #                                         # lock and the restored outputs agree on, and resumes the rest
 #                                         # (after a profile switch it first takes reports/<profile>/dvc.lock)
 # A restored output is used only if its md5 is the one dvc.lock records; a resume.pt only by the same
-# training configuration (robustlib.train checks its hash).
+# training configuration (robustlib.training.loop checks its hash).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}   # the tests point these at their interpreter's environment

@@ -33,7 +33,7 @@ NOTEBOOKS = {
     "10_train.ipynb": [
         new_markdown_cell("# Train one named run\n\nTrains the run named `run` in the params file "
                           "(`runs.<run>` over the `train` defaults) and writes its checkpoint, data split, "
-                          "metrics and learning curve under `output_root` (see `robustlib.paths`). An "
+                          "metrics and learning curve under `output_root` (see `robustlib.pipeline.paths`). An "
                           "interrupted run resumes from its last completed epoch."),
         new_code_cell(EXPLORE + 'run: str = "standard"  # a run name; to explore, run train, attack, verify in order\n'
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
@@ -41,9 +41,9 @@ NOTEBOOKS = {
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import train as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root, progress)\n"
                       "pd.Series(metrics, name=run).to_frame()"),
-        new_code_cell("from pathlib import Path\n\nfrom robustlib import paths\n"
-                      "from robustlib.params import project_root\n"
-                      "from robustlib.reports import learning_curves_figure\n\n"
+        new_code_cell("from pathlib import Path\n\nfrom robustlib.pipeline import paths\n"
+                      "from robustlib.pipeline.params import project_root\n"
+                      "from robustlib.reporting.tables import learning_curves_figure\n\n"
                       "out = project_root() / output_root\n"
                       "curve = pd.read_csv(paths.train_curve_path(out, run))\n"
                       "learning_curves_figure({run: curve}, ['train_loss', 'val_acc']);"),
@@ -69,8 +69,8 @@ NOTEBOOKS = {
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import attack as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\n"
                       "pd.Series({k: v for k, v in metrics.items() if k.endswith('_acc')}, name=run).to_frame()"),
-        new_code_cell("from robustlib import paths\nfrom robustlib.params import project_root\n"
-                      "from robustlib.reports import robustness_curves_figure\n\n"
+        new_code_cell("from robustlib.pipeline import paths\nfrom robustlib.pipeline.params import project_root\n"
+                      "from robustlib.reporting.tables import robustness_curves_figure\n\n"
                       "robustness_curves_figure({run: pd.read_csv(paths.attack_curve_path("
                       "project_root() / output_root, run))});"),
     ],

@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-python -m robustlib.params check
+python -m robustlib.pipeline check
 dvc repro "$@"
 profile=$(python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['base']['profile'])")
 if dvc status -q >/dev/null 2>&1; then  # exit status 0: every stage up to date

@@ -10,7 +10,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-python -m robustlib.params check
+python -m robustlib.pipeline check
 python -m robustlib.scaleout "$@"
 if ! dvc status -q; then
   dvc status

@@ -15,7 +15,7 @@ from torch import nn
 from robustlib.attacks import AttackCheckError, autoattack, fgsm, pgd, transfer
 from robustlib.attacks.autoattack import zero_jacobian
 from robustlib.attacks.gradient import escape_pgd
-from robustlib.data import load_split
+from robustlib.data.datasets import load_split
 from robustlib.models import build_model
 from robustlib.threat import ThreatModel
 
@@ -385,7 +385,7 @@ def test_zero_gradient_survivors_proven_robust_by_bounds_do_not_fail():
     """A collapsed network (every first-layer ReLU dead, so the output is constant) is genuinely robust on
     the examples of its constant class: their zero Jacobian is no blind spot, since interval bounds prove
     them robust. ``autoattack`` accepts them (the wrapped, unboundable model above is still fatal)."""
-    from robustlib.bounds import ibp_certified
+    from robustlib.bounds.intervals import ibp_certified
     from robustlib.models import build_model
 
     torch.manual_seed(0)

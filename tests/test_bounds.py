@@ -1,4 +1,4 @@
-"""Soundness and tightness of robustlib.bounds against independent references: random and PGD-
+"""Soundness and tightness of robustlib.bounds.intervals against independent references: random and PGD-
 extremized points of the ball (robustlib.attacks.ascent.ascend), box corners (exact range of an
 affine map), explicit operator matrices built by probing, and closed forms."""
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from robustlib.attacks.ascent import ascend
-from robustlib.bounds import (
+from robustlib.bounds.intervals import (
     float32_error_bound,
     ibp_certified,
     input_box,

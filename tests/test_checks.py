@@ -1,6 +1,6 @@
 """Carlini et al. (2019) sanity checks: each one fails on a planted broken attack (zero steps, no
 projection, NaN points, false robustness claims, a capped eps, a step too small to converge) and
-passes on the real PGD. Also the per-example evaluation table of ``robustlib.robustness``."""
+passes on the real PGD. Also the per-example evaluation table of ``robustlib.evaluation.worst_case``."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlib import checks
 from robustlib.attacks import NotApplicable, fgsm, pgd, recoloradv
 from robustlib.attacks.common import AttackResult
-from robustlib.checks import SanityCheckError
-from robustlib.data import load_split
+from robustlib.data.datasets import load_split
+from robustlib.evaluation import checks
+from robustlib.evaluation.checks import SanityCheckError
+from robustlib.evaluation.schema import load_results, save_results
+from robustlib.evaluation.worst_case import evaluate_attacks, robustness_curve
 from robustlib.models import build_model
-from robustlib.results import load_results, save_results
-from robustlib.robustness import evaluate_attacks, robustness_curve
 from robustlib.threat import ThreatModel
 
 torch.set_num_threads(1)

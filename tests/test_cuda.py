@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from robustlib.attacks import autoattack, fgsm, pgd
-from robustlib.bounds import ibp_certified, lipschitz_upper_bound, margin_lower_bounds, to_sequential
+from robustlib.bounds.intervals import ibp_certified, lipschitz_upper_bound, margin_lower_bounds, to_sequential
+from robustlib.evaluation.worst_case import evaluate_attacks
 from robustlib.models import build_model
 from robustlib.regularizers import build_objective
 from robustlib.regularizers.core import StepContext
-from robustlib.robustness import evaluate_attacks
 from robustlib.threat import ThreatModel
-from robustlib.train import TrainConfig, train
+from robustlib.training.loop import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

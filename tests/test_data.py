@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from robustlib.data import (
+from robustlib.data.datasets import (
     MissingDataError,
     augment_crop_flip,
     check_files,
@@ -159,7 +159,7 @@ def test_crop_flip_is_a_shifted_or_flipped_copy():
 def test_split_test_examples_are_the_first_n_of_the_evaluation_order(tmp_path):
     """Every evaluation stage takes the first n test examples of the split's seeded evaluation order;
     asking for more than the split holds is an error, not a silent shortfall."""
-    from robustlib.data import Split, make_split
+    from robustlib.data.datasets import Split, make_split
 
     data = _write_idx(tmp_path / "MNIST" / "raw", n_train=12, n_test=9)
     split = make_split("mnist", 12, 9, 8, 2, 6, seed=3)
@@ -177,7 +177,7 @@ def test_split_test_examples_are_the_first_n_of_the_evaluation_order(tmp_path):
 def test_evaluation_sample_is_random_when_the_stored_test_set_is_sorted_by_class(tmp_path):
     """The packed CIFAR-10 test arrays are sorted by class: the first 100 evaluation examples of a split over
     all 1,000 test images (here 10 classes x 100, sorted) hold every class, not only the first one."""
-    from robustlib.data import make_split
+    from robustlib.data.datasets import make_split
 
     folder = tmp_path / "cifar10"
     folder.mkdir()

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from robustlib.io import atomic_write, load_model, read_json, save_model, write_json
 from robustlib.models import build_model
+from robustlib.pipeline.io import atomic_write, load_model, read_json, save_model, write_json
 
 
 def test_checkpoint_roundtrip_rebuilds_an_eval_model(tmp_path):

@@ -1,4 +1,4 @@
-"""robustlib.neighbours (the paper's appendix-B statistics) against brute force on small data."""
+"""robustlib.data.neighbours (the paper's appendix-B statistics) against brute force on small data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustlib.neighbours import (
+from robustlib.data.neighbours import (
     ball_l2_radius,
     nearest_other_distances,
     neighbour_stats,

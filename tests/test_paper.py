@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from robustlib import paper
+from robustlib.reporting import paper
 
 
 def _ours(rows):

@@ -1,10 +1,10 @@
-"""robustlib.parallel: forked workers return what the same call returns in-process."""
+"""robustlib.pipeline.parallel: forked workers return what the same call returns in-process."""
 
 import pytest
 import torch
 
 from robustlib.models import build_model
-from robustlib.parallel import Background, forked_pool, imap
+from robustlib.pipeline.parallel import Background, forked_pool, imap
 
 
 def _logits_and_threads(model, x):

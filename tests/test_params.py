@@ -3,7 +3,7 @@ import shutil
 import pytest
 import yaml
 
-from robustlib import params as P
+from robustlib.pipeline import params as P
 
 
 @pytest.mark.parametrize("profile", ["default", "smoke", "cifar10-cpu", "paper", "mnist-survey"])
@@ -87,7 +87,7 @@ def test_paper_profile_trains_preactresnet18_on_cpu(root, monkeypatch):
 
     import torch
 
-    from robustlib.train import init_model, train
+    from robustlib.training.loop import init_model, train
 
     monkeypatch.setenv("ROBUSTLIB_COMPILE", "0")  # the eager Hamming function: no compilation in a test
     paper = P.load(root / "profiles" / "paper.yaml")

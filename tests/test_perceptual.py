@@ -24,7 +24,7 @@ from robustlib.attacks.perceptual.recoloradv import (
     rgb_to_luv,
 )
 from robustlib.attacks.perceptual.stadv import flow_smoothness, identity_grid, in_stadv_set, warp
-from robustlib.data import load_split
+from robustlib.data.datasets import load_split
 from robustlib.models import build_model
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""dvc.yaml, robustlib.paths and the notebooks agree with each other and with the conventions."""
+"""dvc.yaml, robustlib.pipeline.paths and the notebooks agree with each other and with the conventions."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustlib import paths
+from robustlib.pipeline import paths
 
 
 def _dvc(root):
@@ -92,7 +92,8 @@ def _restore_in(ws, root, active, lock_of):
     for profile in ("default", "cifar10-cpu"):
         (ws / "reports" / profile).mkdir(parents=True, exist_ok=True)
         (ws / "reports" / profile / "dvc.lock").write_text(yaml.safe_dump(
-            {"schema": "2.0", "stages": {"report": {"cmd": f"papermill x.ipynb -p output_root reports/{profile} -p y 1"}}}))
+            {"schema": "2.0",
+             "stages": {"report": {"cmd": f"papermill x.ipynb -p output_root reports/{profile} -p y 1"}}}))
     (ws / "dvc.lock").write_text((ws / "reports" / lock_of / "dvc.lock").read_text() + "# local\n")
     env = dict(os.environ, PY=sys.executable, DVC=shutil.which("true"))  # `dvc pull` is not under test here
     subprocess.run(["bash", "scripts/checkpoints.sh", "restore"], cwd=ws, env=env, check=True, capture_output=True)

@@ -39,8 +39,8 @@ def test_smoke_profile_dvc_repro(root, tmp_path, smoke_reference):
     _run(["git", "add", "-A"], ws)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace copy"], ws)
     dvc = str(Path(sys.executable).with_name("dvc"))
-    _run([sys.executable, "-m", "robustlib.params", "use", "smoke"], ws)
-    _run([sys.executable, "-m", "robustlib.params", "check"], ws)
+    _run([sys.executable, "-m", "robustlib.pipeline", "use", "smoke"], ws)
+    _run([sys.executable, "-m", "robustlib.pipeline", "check"], ws)
     reads_log = tmp_path / "params_reads.jsonl"
     _run([dvc, "repro"], ws, ROBUSTLIB_PARAMS_LOG=str(reads_log))
     shutil.copytree(out, smoke_reference / "reports" / "smoke")  # the sequential reference of test_scaleout_smoke.py

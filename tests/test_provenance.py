@@ -4,7 +4,7 @@ import subprocess
 
 import yaml
 
-from robustlib import provenance
+from robustlib.pipeline import provenance
 
 
 def _git(ws, *args):

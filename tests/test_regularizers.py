@@ -26,7 +26,7 @@ from robustlib.regularizers import (
     stability,
 )
 from robustlib.threat import ThreatModel
-from robustlib.train import TrainConfig, train
+from robustlib.training.loop import TrainConfig, train
 
 
 def tiny_mlp(seed: int = 0, hidden=(12, 10), image_size: int = 4):

@@ -1,6 +1,6 @@
 """Report tables: a collapsed network is flagged, on either side of the chance threshold."""
 
-from robustlib.reports import CHANCE_MARGIN, training_table
+from robustlib.reporting.tables import CHANCE_MARGIN, training_table
 
 
 def _metrics(run, dataset, clean):
@@ -29,7 +29,7 @@ def test_diverged_runs_are_flagged_in_the_table_and_the_report_note():
 
 
 def test_objectives_are_described_with_every_weight_and_setting():
-    from robustlib.reports import describe_objective
+    from robustlib.reporting.tables import describe_objective
 
     rs = {"pgd_at": {"weight": 1.0, "steps": 8}, "l1": 2.0e-5, "rs_loss": {"weight": 1.0e-4, "reduction": "sum"}}
     assert describe_objective(rs) == "pgd_at 1 (steps 8) + l1 2e-05 + rs_loss 0.0001 (reduction sum)"
@@ -43,14 +43,15 @@ def test_per_example_outcomes_are_the_columns_the_report_averages(tmp_path):
     the verify stage's verdicts at the asked eps; anything else (minutes) or a missing run to None."""
     import pandas as pd
 
-    from robustlib import paths, results
-    from robustlib.reports import per_example_outcomes
+    from robustlib.evaluation import schema
+    from robustlib.pipeline import paths
+    from robustlib.reporting.tables import per_example_outcomes
 
     attack = pd.DataFrame({"index": [5, 2, 9], "clean_correct": [True, True, False],
                            "robust_pgd_linf": [True, False, False], "worst_linf": [False, False, False],
                            "robust_aa_l2": [True, True, False], "worst_stadv": [False, True, False]})
     paths.attack_results_path(tmp_path, "r").parent.mkdir(parents=True)
-    results.save_results(attack, paths.attack_results_path(tmp_path, "r"))
+    schema.save_results(attack, paths.attack_results_path(tmp_path, "r"))
     verify = pd.DataFrame({"index": [5, 2, 5, 2], "eps": [0.1, 0.1, 0.3, 0.3],
                            "verdict": ["verified", "timeout", "falsified", "verified"]})
     paths.verify_results_path(tmp_path, "r").parent.mkdir(parents=True)
@@ -75,7 +76,7 @@ def test_per_example_outcomes_are_the_columns_the_report_averages(tmp_path):
 def test_attack_table_flags_unresolved_autoattack_survivors():
     """Table 1's AA_unresolved and AA_escape_hits: per threat model, the counts the attack stage
     recorded ("-" when none)."""
-    from robustlib.reports import attack_table
+    from robustlib.reporting.tables import attack_table
 
     base = {"clean_acc": 0.5, "aa_linf_acc": 0.3, "worst_linf_acc": 0.3, "aa_l2_acc": 0.2}
     attack = [{"run": "a", **base, "autoattack": {"linf": {"unresolved": 0, "blind_escape_hits": 3},
@@ -90,8 +91,8 @@ def test_attack_table_flags_unresolved_autoattack_survivors():
 def test_verification_table_keeps_eps_exact_for_the_papers_8_255():
     """Rounding eps to 3 decimals (0.031) once hid every cifar10-cpu Table 2 number from the comparison
     with the paper, which selects the rows at 8/255 within 1e-6."""
-    from robustlib.paper import PAPER_EPS
-    from robustlib.reports import verification_table
+    from robustlib.reporting.paper import PAPER_EPS
+    from robustlib.reporting.tables import verification_table
 
     e = {"verified": 1, "n": 10, "pgd_acc": 0.3, "verified_fraction": 0.2, "ibp_certified_acc": 0.1, "unknown": 0,
          "timeouts": 0, "median_seconds": 0.1234, "p90_seconds": 1.0, "unstable_median": 0}

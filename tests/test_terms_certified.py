@@ -125,7 +125,7 @@ def test_ibp_mixes_clean_and_worst_case_with_gowals_kappa_schedule(eps_fraction,
 
 
 def test_eps_ramp_fraction_drives_kappa_in_the_training_loop():
-    from robustlib.schedules import EpsRamp
+    from robustlib.training.schedules import EpsRamp
 
     ramp = EpsRamp(start=0.2, end=0.6, initial=0.0)
     assert [ramp.fraction(p) for p in (0.0, 0.2, 0.4, 0.6, 0.9)] == pytest.approx([0, 0, 0.5, 1, 1])

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from robustlib.regularizers import Ramp
-from robustlib.schedules import PAPER_LR_KNOTS, EpsRamp, piecewise_linear
-from robustlib.train import NonFiniteLossError, TrainConfig, config_from_mapping, train
+from robustlib.training.loop import NonFiniteLossError, TrainConfig, config_from_mapping, train
+from robustlib.training.schedules import PAPER_LR_KNOTS, EpsRamp, piecewise_linear
 
 KW = dict(in_channels=1, image_size=8, num_classes=3, mean=(0.5,), std=(0.25,))
 
@@ -109,7 +109,7 @@ def test_process_killed_by_sigkill_resumes_exactly(tmp_path):
         import time, torch, sys
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
         from test_train import _cfg, _data
-        from robustlib.train import train
+        from robustlib.training.loop import train
         torch.set_num_threads(1)
         x, y = _data()
         def slow(epoch, step):

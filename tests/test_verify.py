@@ -1,4 +1,4 @@
-"""Soundness and completeness of the MILP verifier (robustlib.verify) against an independent
+"""Soundness and completeness of the MILP verifier (robustlib.verification.milp) against an independent
 reference: exhaustive case analysis over activation patterns of tiny ReLU nets with 2-D inputs, each
 pattern a linear region whose minimum margin over (region intersected with the box) is an LP solved
 by scipy.optimize.linprog; and exhaustive enumeration of max-pool argmax choices."""
@@ -14,9 +14,9 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-from robustlib.bounds import input_box, margin_lower_bounds, margin_tolerance, to_sequential
+from robustlib.bounds.intervals import input_box, margin_lower_bounds, margin_tolerance, to_sequential
 from robustlib.models import Normalize, build_model
-from robustlib.verify import SOLVERS, MILPEncoder, replays, solve_class, summarize, verify
+from robustlib.verification.milp import SOLVERS, MILPEncoder, replays, solve_class, summarize, verify
 
 torch.set_num_threads(1)
 
@@ -331,7 +331,7 @@ def _constant_margin_net(delta: float) -> tuple[nn.Sequential, torch.Tensor, tor
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("bounds", ["linear", "interval"])
 def test_positive_margin_below_tolerance_is_not_verified(solver, bounds):
-    from robustlib.bounds import ibp_certified
+    from robustlib.bounds.intervals import ibp_certified
 
     net, x, y = _constant_margin_net(3e-5)
     b = net[3].bias.detach().double()
@@ -376,7 +376,7 @@ import sys, time
 from pathlib import Path
 import torch
 from torch import nn
-import robustlib.verify as V
+import robustlib.verification.milp as V
 
 shard_dir, log, delay, out = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 torch.manual_seed(1)  # as _tiny_net(1): verified and falsified examples, some by the MILP

@@ -5,7 +5,7 @@ attacks (``robustlib.attacks.autoattack``); it may still be robust, e.g. when a 
 stays off over the ball, so the logits are constant there. ``certified_in_ball`` decides such examples
 by bounds that are sound for the threat model's own ball:
 
-- L-inf: CROWN with MIPVerify-style progressive tightening (``robustlib.bounds``, method ``linear``),
+- L-inf: CROWN with MIPVerify-style progressive tightening (``robustlib.bounds.intervals``, method ``linear``),
   intersected with interval bounds, on the box ``[x - eps, x + eps] & [0, 1]``.
 - L2: interval bounds of the enclosing box are vacuous for CIFAR-sized budgets (eps 1.0 covers all of
   ``[0, 1]``), so the first affine block ``A x + b`` (every layer before the first ReLU) is bounded on
@@ -14,7 +14,7 @@ by bounds that are sound for the threat model's own ball:
   rest of the network is bounded by CROWN from that box of pre-activations (after the ReLU). Sound:
   every point of the ball maps into the pre-activation box.
 
-The margin must exceed the verifier's numerical tolerance (``robustlib.bounds.margin_tolerance``), as
+The margin must exceed the verifier's numerical tolerance (``robustlib.bounds.intervals.margin_tolerance``), as
 for every certificate in this project. Computed in float64 on a copy of the network.
 """
 
@@ -25,7 +25,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from robustlib.bounds import input_box, layer_bounds, margin_lower_bounds, margin_tolerance, to_sequential
+from robustlib.bounds.intervals import input_box, layer_bounds, margin_lower_bounds, margin_tolerance, to_sequential
 from robustlib.threat import ThreatModel
 
 

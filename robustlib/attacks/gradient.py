@@ -120,7 +120,7 @@ def escape_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     at a point where the logits' input Jacobian is not exactly zero, i.e. gradients could see the
     example."""
     from robustlib.attacks.autoattack import zero_jacobian
-    from robustlib.bounds import to_sequential
+    from robustlib.bounds.intervals import to_sequential
 
     check_inputs(x, y)
     check_threat(threat)

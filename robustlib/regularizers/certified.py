@@ -1,4 +1,4 @@
-"""Bound-based training terms on interval bounds over the threat ball (``robustlib.bounds``):
+"""Bound-based training terms on interval bounds over the threat ball (``robustlib.bounds.intervals``):
 
 * ``ibp``: interval bound propagation training (Gowal et al. 2018, "On the effectiveness of interval
   bound propagation for training verifiably robust models", eq. 12): ``kappa * CE(clean) +
@@ -18,7 +18,7 @@
   convolution's kernel counted once per output position (the L1 norm of the equivalent dense matrix,
   as ``14 * 14 * |W_conv1| + 7 * 7 * |W_conv2| + |W_fc1|`` in their code).
 
-Both need a network ``robustlib.bounds.to_sequential`` accepts (MLP, SmallCNN, CWCNN, nn.Sequential).
+Both need a network ``robustlib.bounds.intervals.to_sequential`` accepts (MLP, SmallCNN, CWCNN, nn.Sequential).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def _box(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-    from robustlib.bounds import input_box
+    from robustlib.bounds.intervals import input_box
 
     return input_box(ctx.x, ctx.threat.eps, ctx.threat.norm)
 
@@ -44,7 +44,7 @@ def ibp_worst_logits(ctx: StepContext, elide_last: bool) -> torch.Tensor:
     """Worst-case logits over the threat ball. ``elide_last=False``: the lower bound for the true class
     and the upper bound for the others; ``True``: ``-lb(z_y - z_j)`` with the class difference folded
     into the last linear layer (Gowal et al. 2018's tighter form; 0 at ``j = y``)."""
-    from robustlib.bounds import interval_bounds, margin_lower_bounds, to_sequential
+    from robustlib.bounds.intervals import interval_bounds, margin_lower_bounds, to_sequential
 
     net = to_sequential(ctx.model)
     lower, upper = _box(ctx)
@@ -106,7 +106,7 @@ class RSLoss(Term):
         self.reduction = reduction
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:
-        from robustlib.bounds import interval_bounds, to_sequential
+        from robustlib.bounds.intervals import interval_bounds, to_sequential
 
         lower, upper = _box(ctx)
         bounds = interval_bounds(to_sequential(ctx.model), lower, upper)[:-1]

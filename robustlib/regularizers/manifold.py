@@ -227,7 +227,7 @@ class DenseLaplacian(Term):
     about exp(-1). An edge between perturbed copies of two different training points has squared length
     about ``||x_i - x_j||^2 + 2 eps^2 d`` (independent random corners), so it weighs little only when
     the training points are farther apart than the ball -- the regime in which the paired x +/- rho
-    form (hamming + stability) is the Laplacian's sparsification (``robustlib.neighbours`` measures it).
+    form (hamming + stability) is the Laplacian's sparsification (``robustlib.data.neighbours`` measures it).
     Cost: an (2B)^2 pairwise L1 distance per ReLU layer.
     """
 

@@ -4,7 +4,7 @@
   Weston & Watkins 1999 (``sum_{j != y} max(0, m - (z_y - z_j))``);
 * ``lipschitz_margin``: Tsuzuku, Sato & Sugiyama 2018 ("Lipschitz-Margin Training", Alg. 1): cross-
   entropy after adding ``sqrt(2) * L * eps_2`` to every non-true logit, with L the network's L2
-  Lipschitz bound (``robustlib.bounds.lipschitz_bound``, differentiable, so the bound itself is
+  Lipschitz bound (``robustlib.bounds.intervals.lipschitz_bound``, differentiable, so the bound itself is
   penalized as in the paper) and eps_2 the L2 radius the certificate is evaluated at (``radius``; by
   default the L2 radius of the threat ball, eps * sqrt(d) for L-inf -- far larger than any L2 radius
   evaluated, e.g. 8.4 for MNIST at 0.3, at which SmallCNN collapsed to 12.9% clean).
@@ -69,9 +69,9 @@ class Margin(Term):
 class LipschitzMargin(Term):
     """Lipschitz-margin training (Tsuzuku et al. 2018): cross-entropy of the clean logits with
     ``sqrt(2) * L * eps_2`` added to the non-true logits. L: product of per-layer L2 operator norms
-    (``robustlib.bounds.lipschitz_bound``; convolutions by their FFT bound), differentiable unless
+    (``robustlib.bounds.intervals.lipschitz_bound``; convolutions by their FFT bound), differentiable unless
     ``detach_bound``. Needs a network that
-    ``robustlib.bounds.to_sequential`` accepts. Replaces ``ce`` (use it with ``ce: 0`` or alone).
+    ``robustlib.bounds.intervals.to_sequential`` accepts. Replaces ``ce`` (use it with ``ce: 0`` or alone).
     ``radius``: the L2 radius to certify (set it to the L2 radius the run is evaluated at); ``None``:
     the threat ball's L2 radius (``l2_radius``)."""
 
@@ -85,7 +85,7 @@ class LipschitzMargin(Term):
         self.radius = None if radius is None else float(radius)
 
     def lipschitz(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        from robustlib.bounds import lipschitz_bound
+        from robustlib.bounds.intervals import lipschitz_bound
 
         L = lipschitz_bound(model, "l2", input_shape=tuple(x.shape[1:]))
         return L.detach() if self.detach_bound else L

@@ -1,6 +1,6 @@
 """Worker settings of the parallel runner, per profile, from ``scaleout.yaml`` (validated here).
 
-The settings are not in params.yaml: ``robustlib.params`` (a dependency of every stage) rejects sections
+The settings are not in params.yaml: ``robustlib.pipeline.params`` (a dependency of every stage) rejects sections
 that no stage reads, and no stage reads these, so they live beside the profiles in a file of their own.
 """
 

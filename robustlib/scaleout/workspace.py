@@ -52,7 +52,7 @@ def copy_workspace(root: str | Path, dest: str | Path, profile: str) -> Path:
     date = "2026-01-01T00:00:00+0000"  # the same files give the same commit in every copy
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace copy"], dest,
         GIT_AUTHOR_DATE=date, GIT_COMMITTER_DATE=date)
-    run([sys.executable, "-m", "robustlib.params", "use", profile], dest)
+    run([sys.executable, "-m", "robustlib.pipeline", "use", profile], dest)
     return dest
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from robustlib import paths
-from robustlib.params import run_config
-from robustlib.reports import run_summary, save_figure, sweep_figure, write_table
+from robustlib.pipeline import paths
+from robustlib.pipeline.params import run_config
+from robustlib.reporting.tables import run_summary, save_figure, sweep_figure, write_table
 from robustlib.stages.common import input_dir, setup
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The attack stage: every attack on one named run, per-example worst case, curves, sanity checks.
 
-Outputs (``robustlib.paths``): per-example results (test index, clean correct, robust under each
+Outputs (``robustlib.pipeline.paths``): per-example results (test index, clean correct, robust under each
 attack, worst case per threat model), robustness curves (robust accuracy vs eps, PGD and FGSM, with
 the AutoAttack points at the standard eps overlaid), and a metrics file (accuracies, which attacks
 were not applicable and why, the sanity checks' numbers). A failing sanity check fails the stage.
@@ -15,14 +15,15 @@ from typing import Any
 
 import torch
 
-from robustlib import checks, paths, results
 from robustlib.attacks import autoattack, fgsm, pgd, transfer
 from robustlib.attacks.perceptual import NEEDS_LPIPS, PERCEPTUAL_ATTACKS, THREAT_OF
-from robustlib.data import Split, dataset_info
-from robustlib.io import load_model, read_json, write_json
-from robustlib.parallel import Background
-from robustlib.params import all_runs, has_run
-from robustlib.robustness import evaluate_attacks, robustness_curves
+from robustlib.data.datasets import Split, dataset_info
+from robustlib.evaluation import checks, schema
+from robustlib.evaluation.worst_case import evaluate_attacks, robustness_curves
+from robustlib.pipeline import paths
+from robustlib.pipeline.io import load_model, read_json, write_json
+from robustlib.pipeline.parallel import Background
+from robustlib.pipeline.params import all_runs, has_run
 from robustlib.stages.common import StageEnv, setup, test_examples
 from robustlib.threat import ThreatModel
 
@@ -82,13 +83,13 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
                         enabled=processes > 1)  # alongside the attacks
     table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, groups=group, batch_size=bs,
                              seed=seed, processes=processes)  # worst case per threat model, over its attacks
-    results.save_results(table, paths.attack_results_path(env.out, run))
+    schema.save_results(table, paths.attack_results_path(env.out, run))
     not_applicable = dict(table.attrs.get("not_applicable", {}))
     seconds = dict(table.attrs.get("seconds", {}))
     t_curve = time.perf_counter()
     curve = curves.result()
     for norm, threat in (("linf", linf), ("l2", l2)):  # AutoAttack points at the standard eps (all n examples)
-        curve.loc[len(curve)] = [norm, threat.eps, "autoattack", float(table[results.robust(f"aa_{norm}")].mean())]
+        curve.loc[len(curve)] = [norm, threat.eps, "autoattack", float(table[schema.robust(f"aa_{norm}")].mean())]
     curve_path = paths.attack_curve_path(env.out, run)
     curve_path.parent.mkdir(parents=True, exist_ok=True)
     curve.to_csv(curve_path, index=False, float_format="%.6g")
@@ -108,7 +109,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
         "n": len(idx),
         "linf_eps": linf.eps,
         "l2_eps": l2.eps,
-        **results.accuracies(table),
+        **schema.accuracies(table),
         "perceptual_budgets": {k: float(v) for k, v in (ap.get("perceptual") or {}).items()},
         "lpips_network": lpips_info,
         "not_applicable": not_applicable,

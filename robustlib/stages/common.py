@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from robustlib import params as P
+from robustlib.pipeline import params as P
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class StageEnv:
 
     @property
     def data_root(self) -> Path:
-        from robustlib.data import data_root
+        from robustlib.data.datasets import data_root
 
         return data_root(self.root / self.params["base"]["data_root"])
 
@@ -36,7 +36,7 @@ def input_dir(env: StageEnv, input_root: str | None) -> Path:
     """Where a cross-run stage reads the per-run stages' outputs: ``input_root`` (relative to the
     project root); ``None``: the output root itself; ``""``: the active profile's pipeline results,
     ``reports/<base.profile>`` (what a notebook opened in JupyterLab reads)."""
-    from robustlib import paths
+    from robustlib.pipeline import paths
 
     if input_root is None:
         return env.out
@@ -47,8 +47,8 @@ def input_dir(env: StageEnv, input_root: str | None) -> Path:
 
 def test_examples(env: StageEnv, run: str, n: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """The first ``n`` test examples of the run's saved split (``Split.test_examples``)."""
-    from robustlib import paths
-    from robustlib.data import Split
+    from robustlib.data.datasets import Split
+    from robustlib.pipeline import paths
 
     return Split.load(paths.split_path(env.out, run)).test_examples(n, env.data_root)
 

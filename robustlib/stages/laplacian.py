@@ -9,11 +9,11 @@ from typing import Any
 
 import pandas as pd
 
-from robustlib import paths
-from robustlib.data import Split, load_split
-from robustlib.io import write_json
-from robustlib.neighbours import nearest_other_distances, sample_indices, summarize
-from robustlib.reports import neighbour_histogram, run_summary, save_figure, write_table
+from robustlib.data.datasets import Split, load_split
+from robustlib.data.neighbours import nearest_other_distances, sample_indices, summarize
+from robustlib.pipeline import paths
+from robustlib.pipeline.io import write_json
+from robustlib.reporting.tables import neighbour_histogram, run_summary, save_figure, write_table
 from robustlib.stages.common import input_dir, setup
 from robustlib.threat import ThreatModel
 

@@ -16,13 +16,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from robustlib import paths
-from robustlib.data import load_split, make_split
-from robustlib.evaluate import accuracy
-from robustlib.io import save_model, write_json
-from robustlib.params import lpips_config
+from robustlib.data.datasets import load_split, make_split
+from robustlib.evaluation.accuracy import accuracy
+from robustlib.pipeline import paths
+from robustlib.pipeline.io import save_model, write_json
+from robustlib.pipeline.params import lpips_config
 from robustlib.stages.common import setup
-from robustlib.train import train
+from robustlib.training.loop import train
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from robustlib import paper, paths, provenance
-from robustlib.io import atomic_write, read_json
-from robustlib.params import all_runs
-from robustlib.reports import (
+from robustlib.pipeline import paths, provenance
+from robustlib.pipeline.io import atomic_write, read_json
+from robustlib.pipeline.params import all_runs
+from robustlib.reporting import paper
+from robustlib.reporting.tables import (
     attack_table,
     describe_objective,
     learning_curves_figure,
@@ -81,7 +82,7 @@ def run(params_file: str = "params.yaml", output_root: str = ".", input_root: st
 
 def paper_comparisons(dataset: str, train: list[dict], t1: pd.DataFrame, t2: pd.DataFrame, inp: Path
                       ) -> dict[str, tuple[pd.DataFrame, list[str]]]:
-    """Our numbers beside each of the paper's tables (``robustlib.paper.compare``): Table 1 from our
+    """Our numbers beside each of the paper's tables (``robustlib.reporting.paper.compare``): Table 1 from our
     Table 1 analogue, Table 2 from the verification rows at 8/255, Tables 3-4 from the ablations and
     laplacian stages' tables, Appendix B from the neighbour statistics."""
     models = {m["run"]: m["model"] for m in train}

@@ -11,19 +11,19 @@ from typing import Any
 import pandas as pd
 import torch
 
-from robustlib import paths
-from robustlib.data import load_split, make_split
-from robustlib.evaluate import accuracy
-from robustlib.io import save_model, write_json
-from robustlib.params import run_config
+from robustlib.data.datasets import load_split, make_split
+from robustlib.evaluation.accuracy import accuracy
+from robustlib.pipeline import paths
+from robustlib.pipeline.io import save_model, write_json
+from robustlib.pipeline.params import run_config
 from robustlib.stages.common import setup
-from robustlib.train import NonFiniteLossError, TrainConfig, TrainResult, init_model, train
+from robustlib.training.loop import NonFiniteLossError, TrainConfig, TrainResult, init_model, train
 
 logger = logging.getLogger(__name__)
 
 
 def run(run: str, params_file: str = "params.yaml", output_root: str = ".", progress: bool = True) -> dict[str, Any]:
-    """Train named run ``run`` and write its outputs (see ``robustlib.paths``); return its metrics.
+    """Train named run ``run`` and write its outputs (see ``robustlib.pipeline.paths``); return its metrics.
 
     Resumes from the run's per-epoch checkpoint if an earlier attempt with the same configuration
     was interrupted; deletes that checkpoint once the run has completed. A run whose loss turns
@@ -86,7 +86,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".", prog
 def train_or_last_finite(cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
                          y_val: torch.Tensor, *, device, resume_path: Path, progress: bool
                          ) -> tuple[TrainResult, dict[str, Any] | None]:
-    """``robustlib.train.train`` with its per-epoch checkpoint at ``resume_path``; if the loss turns
+    """``robustlib.training.loop.train`` with its per-epoch checkpoint at ``resume_path``; if the loss turns
     non-finite after the first epoch, the result is the last finite epoch (that checkpoint, which the
     loop never writes from a failing epoch) and the second value says where training diverged:
     ``{"epoch", "message"}`` (1-based epoch of the failing step); ``None`` for a run that completed.

@@ -1,7 +1,7 @@
 """The verify stage: IBP certified accuracy and (for spectral-norm runs) Lipschitz certificates for
 every run; complete MILP verification (Tjeng et al. 2019) for the runs listed in
 ``verify.milp_runs``, cheapest first (attack counterexamples, then bounds, then the MILP), with the
-numerical tolerance of ``robustlib.bounds.margin_tolerance`` and the solver ``verify.solver``.
+numerical tolerance of ``robustlib.bounds.intervals.margin_tolerance`` and the solver ``verify.solver``.
 
 What a reader of the paper's Table 2 needs, per MILP run and eps, on the same examples: verified,
 PGD-robust, AutoAttack-robust (worst case with PGD; AutoAttack at that eps on the PGD-robust examples
@@ -30,18 +30,18 @@ from typing import Any
 import pandas as pd
 import torch
 
-from robustlib import paths
 from robustlib.attacks import autoattack, pgd
-from robustlib.bounds import ibp_certified, lipschitz_certified_radius, lipschitz_upper_bound
-from robustlib.checks import SanityCheckError
-from robustlib.io import atomic_write, load_model, write_json
-from robustlib.parallel import Background
-from robustlib.params import all_runs, has_run
-from robustlib.results import INDEX, flags, load_results, robust, worst
-from robustlib.robustness import evaluate_attacks
+from robustlib.bounds.intervals import ibp_certified, lipschitz_certified_radius, lipschitz_upper_bound
+from robustlib.evaluation.checks import SanityCheckError
+from robustlib.evaluation.schema import INDEX, flags, load_results, robust, worst
+from robustlib.evaluation.worst_case import evaluate_attacks
+from robustlib.pipeline import paths
+from robustlib.pipeline.io import atomic_write, load_model, write_json
+from robustlib.pipeline.parallel import Background
+from robustlib.pipeline.params import all_runs, has_run
 from robustlib.stages.common import setup, test_examples
 from robustlib.threat import ThreatModel
-from robustlib.verify import solver_settings, summarize, verify
+from robustlib.verification.milp import solver_settings, summarize, verify
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
                                "margin_tolerance": {"atol": atol, "rtol": rtol, "float32": f32,
                                                     "definition": "atol + rtol * max|logit bound|"
                                                                   + (" + 2 * float32 error bound" if f32 else "")
-                                                                  + " (robustlib.bounds.margin_tolerance)"}}
+                                                                  + " (robustlib.bounds.intervals.margin_tolerance)"}}
     if run in vp["milp_runs"]:
         metrics["solver"] = solver_settings(solver)
         metrics["time_limit"] = float(vp["time_limit"])

@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustlib import results
 from robustlib.attacks.common import AttackResult, eval_mode
-from robustlib.evaluate import predict
+from robustlib.evaluation import schema
+from robustlib.evaluation.accuracy import predict
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def check_positive_controls(table: pd.DataFrame, max_acc: dict[str, float], run:
     reports 0-1% for undefended CIFAR-10 models; an attack that cannot fool one is broken)."""
     out: dict[str, Any] = {}
     for attack, limit in max_acc.items():
-        col = results.robust(attack)
+        col = schema.robust(attack)
         if col not in table:
             reason = table.attrs.get("not_applicable", {}).get(attack)
             if reason:  # e.g. ReColorAdv on grayscale data: nothing to control
@@ -243,15 +243,15 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
         out[f"large_eps_{norm}"] = check_large_eps(pgd, model, xs, ys, ThreatModel(norm, float(sp["large_eps"][norm])),
                                                    num_classes, steps=steps, restarts=1)
     common = min(len(table), len(xs))  # both are prefixes of the split's evaluation order; either may be longer
-    if index is not None and list(table[results.INDEX][:common]) != [int(i) for i in index[:common]]:
+    if index is not None and list(table[schema.INDEX][:common]) != [int(i) for i in index[:common]]:
         raise ValueError("the sanity examples and the attacked examples must be prefixes of the same test order")
-    reported = results.flags(table, results.worst("linf"))[:common]
+    reported = schema.flags(table, schema.worst("linf"))[:common]
     standard = ThreatModel("linf", float(ap["linf_eps"]))
     out["budget_linf"] = check_budget_converged(pgd, model, xs, ys, standard,
                                                 steps, restarts, tol=float(sp["budget_tol"]), seed=seed,
                                                 reported=reported)
-    out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table[results.robust("pgd_linf")].mean()),
-                                 "fgsm_linf": float(table[results.robust("fgsm_linf")].mean())}
+    out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table[schema.robust("pgd_linf")].mean()),
+                                 "fgsm_linf": float(table[schema.robust("fgsm_linf")].mean())}
     if out["pgd_vs_fgsm_points"]["pgd_linf"] > out["pgd_vs_fgsm_points"]["fgsm_linf"]:
         weaker.append(f"linf eps={float(ap['linf_eps']):g}: PGD {out['pgd_vs_fgsm_points']['pgd_linf']:.4f} > "
                       f"FGSM {out['pgd_vs_fgsm_points']['fgsm_linf']:.4f} (attacked examples)")
@@ -262,5 +262,5 @@ def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tenso
         out["undefended"] = check_undefended(pgd, model, xs, ys, standard,
                                              max_acc=float(sp["undefended_max_acc"]), steps=steps,
                                              restarts=restarts)
-    out["columns"] = results.attacks_in(table)
+    out["columns"] = schema.attacks_in(table)
     return out

@@ -1,6 +1,6 @@
 """Worst-case, per-example robustness evaluation used by the attack stage.
 
-``evaluate_attacks`` runs named attacks and returns the per-example table of ``robustlib.results``
+``evaluate_attacks`` runs named attacks and returns the per-example table of ``robustlib.evaluation.schema``
 (``robust_<attack>``, ``worst_<threat>``, ``robust_all`` = clean-correct AND every attack failed,
 DESIGN.md convention 9). Flags come from a fresh eval-mode forward on the returned points.
 ``robustness_curve`` gives robust accuracy against eps as a tidy table (norm, eps, attack, robust_acc).
@@ -18,13 +18,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustlib import results
 from robustlib.attacks import autoattack as run_autoattack
 from robustlib.attacks import fgsm, pgd
 from robustlib.attacks.common import AttackResult, NotApplicable, check_count, check_inputs, eval_mode
-from robustlib.checks import check_points
-from robustlib.evaluate import predict
-from robustlib.parallel import imap
+from robustlib.evaluation import schema
+from robustlib.evaluation.accuracy import predict
+from robustlib.evaluation.checks import check_points
+from robustlib.pipeline.parallel import imap
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks
     before each attack, so results do not depend on the order attacks run in.
 
     ``processes > 1`` (CPU only) runs the attacks in that many forked worker processes
-    (``robustlib.parallel.imap``), one torch thread each: AutoAttack's Square and the perceptual
+    (``robustlib.pipeline.parallel.imap``), one torch thread each: AutoAttack's Square and the perceptual
     attacks are bound by Python overhead, so two attacks side by side use two cores where one cannot.
     """
     check_inputs(x, y)
@@ -62,7 +62,7 @@ def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks
         raise ValueError(f"index has {len(index)} entries for {len(y)} examples")
     with eval_mode(model):
         clean = (predict(model, x, batch_size) == y.to("cpu")).cpu()
-    table = pd.DataFrame({results.INDEX: index, results.CLEAN: clean.numpy()})
+    table = pd.DataFrame({schema.INDEX: index, schema.CLEAN: clean.numpy()})
     n_a: dict[str, str] = {}
     seconds: dict[str, float] = {}
     info: dict[str, dict] = {}
@@ -81,14 +81,14 @@ def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks
             check_points(x, x_adv, threats[name], name)
         with eval_mode(model):
             robust = clean & (predict(model, x_adv, batch_size) == y.to("cpu")).cpu()
-        table[results.robust(name)] = robust.numpy()
+        table[schema.robust(name)] = robust.numpy()
         robust_all &= robust
         if points is not None:
             points[name] = x_adv.detach()
         logger.info("%s: robust accuracy %.4f (%.1f s)", name, float(robust.float().mean()), seconds[name])
     if groups:
-        results.add_worst_cases(table, groups)
-    table[results.ALL] = robust_all.numpy()
+        schema.add_worst_cases(table, groups)
+    table[schema.ALL] = robust_all.numpy()
     table.attrs.update(not_applicable=n_a, seconds=seconds, info=info)
     return table
 
@@ -144,8 +144,8 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
         table = evaluate_attacks(model, x, y, attacks, threats={k: threat for k in attacks})
         for name in attacks:
             rows.append({"norm": norm, "eps": eps, "attack": name,
-                         "robust_acc": float(table[results.robust(name)].mean())})
-        broken |= ~results.flags(table, results.robust("pgd"))
+                         "robust_acc": float(table[schema.robust(name)].mean())})
+        broken |= ~schema.flags(table, schema.robust("pgd"))
         rows.append({"norm": norm, "eps": eps, "attack": "pgd_nested", "robust_acc": float((~broken).float().mean())})
     return pd.DataFrame(rows, columns=["norm", "eps", "attack", "robust_acc"])
 

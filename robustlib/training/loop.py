@@ -2,7 +2,7 @@
 
 The objective (``robustlib.regularizers``) is a weighted sum of named terms; this loop knows nothing of
 any particular term. SGD with momentum and weight decay (the paper's gamma_K), the learning-rate,
-eps and weight schedules of ``robustlib.schedules``, a checkpoint after every epoch written
+eps and weight schedules of ``robustlib.training.schedules``, a checkpoint after every epoch written
 atomically, exact resume, and a hard stop at the first non-finite loss.
 
 Determinism: the model is initialized from ``seed``; every random draw of epoch ``e`` (shuffling,
@@ -26,13 +26,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustlib.data import augment_crop_flip, iterate_batches
-from robustlib.evaluate import accuracy
-from robustlib.io import save_torch
+from robustlib.data.datasets import augment_crop_flip, iterate_batches
+from robustlib.evaluation.accuracy import accuracy
 from robustlib.models import build_model
+from robustlib.pipeline.io import save_torch
 from robustlib.regularizers import Ramp, StepContext, build_objective
-from robustlib.schedules import PAPER_LR_KNOTS, EpsRamp, piecewise_linear
 from robustlib.threat import ThreatModel
+from robustlib.training.schedules import PAPER_LR_KNOTS, EpsRamp, piecewise_linear
 
 logger = logging.getLogger(__name__)
 

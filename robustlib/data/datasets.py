@@ -43,7 +43,7 @@ INFO: dict[str, DatasetInfo] = {
 
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_TV_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
 class MissingDataError(FileNotFoundError):
@@ -85,7 +85,7 @@ def load_split(name: str, train: bool, root: str | os.PathLike | None = None) ->
     """Load the train or test split of dataset ``name`` from ``root`` (see module docstring)."""
     dataset_info(name)
     root = data_root() if root is None else Path(root)
-    if name in _TV_FOLDERS:
+    if name in TORCHVISION_FOLDERS:
         return _load_mnist_like(name, train, root)
     if name == "cifar10":
         return _load_cifar10(train, root)
@@ -97,15 +97,15 @@ def check_files(name: str, root: str | os.PathLike) -> str:
     that will be used. Raises ``MissingDataError`` naming the missing files and how to get them."""
     dataset_info(name)
     root = Path(root)
-    if name in _TV_FOLDERS:
-        folder = _TV_FOLDERS[name]
+    if name in TORCHVISION_FOLDERS:
+        folder = TORCHVISION_FOLDERS[name]
         raw = root / folder / "raw"
         missing = [f"{f}.gz" for f in _MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
         if missing:
             raise MissingDataError(
-                f"{name}: missing {', '.join(missing)} in {raw}/. Put torchvision's {folder} archives there "
-                f"(e.g. run torchvision.datasets.{folder}(root={str(root)!r}, download=True) on a machine "
-                f"with network, then copy {raw}), or set ROBUSTLIB_DATA to a folder holding {folder}/raw/."
+                f"{name}: missing {', '.join(missing)} in {raw}/. Install torchvision's {folder} archives from "
+                f"a folder holding them: `python -m robustlib.data.install {name} <folder>` (checks their MD5s "
+                f"and copies them to {raw}/), or set ROBUSTLIB_DATA to a data root holding {folder}/raw/."
             )
         return f"torchvision:{folder}"
     folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
@@ -117,14 +117,13 @@ def check_files(name: str, root: str | os.PathLike) -> str:
             return "packed-npz:cifar10"
         raise MissingDataError(
             f"cifar10: found neither torchvision's {root / folder}/ nor the packed arrays "
-            f"{packed}/train_*.npz and test.npz. Copy the packed arrays there (on this workplace: "
-            f"`mkdir -p {packed} && cp ../shared/data/cifar10/*.npz {packed}/`), or put torchvision's "
-            f"{folder} under {root}/, or set ROBUSTLIB_DATA."
+            f"{packed}/train_*.npz and test.npz. Install them from a folder holding either: "
+            f"`python -m robustlib.data.install cifar10 <folder>` (on this workplace the folder is "
+            f"../shared/data/cifar10), or set ROBUSTLIB_DATA to a data root that holds them."
         )
     raise MissingDataError(
-        f"{name}: missing {root / folder}/. Put torchvision's extracted {folder} there (e.g. run "
-        f"torchvision.datasets.CIFAR100(root={str(root)!r}, download=True) on a machine with network), "
-        f"or set ROBUSTLIB_DATA."
+        f"{name}: missing {root / folder}/. Install torchvision's extracted {folder} from a folder holding it: "
+        f"`python -m robustlib.data.install {name} <folder>`, or set ROBUSTLIB_DATA."
     )
 
 
@@ -132,7 +131,7 @@ def _load_mnist_like(name: str, train: bool, root: Path) -> ImageData:
     import torchvision
 
     source = check_files(name, root)
-    folder = _TV_FOLDERS[name]
+    folder = TORCHVISION_FOLDERS[name]
     extracted = all((root / folder / "raw" / f).exists() for f in _MNIST_FILES)
     cls = getattr(torchvision.datasets, folder)
     # With the archives present, download=True only verifies their MD5s and extracts them.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from robustlib.io import atomic_write
+from robustlib.pipeline.io import atomic_write
 
 INDEX, CLEAN, ALL = "index", "clean_correct", "robust_all"
 _ROBUST, _WORST = "robust_", "worst_"

@@ -10,9 +10,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from robustlib import results
-from robustlib.data import dataset_info
-from robustlib.io import atomic_write
+from robustlib.data.datasets import dataset_info
+from robustlib.evaluation import schema
+from robustlib.pipeline.io import atomic_write
 
 CHANCE_MARGIN = 0.02
 """A run whose clean accuracy is within this of 1 / classes is flagged ``at_chance`` (a collapsed network)."""
@@ -210,14 +210,14 @@ def verification_figure(per_example: Mapping[str, pd.DataFrame]) -> Figure:
 
 def run_summary(out, run: str) -> dict:
     """Clean and robust accuracy (%) of a run from its per-example attack results, with training minutes."""
-    from robustlib import paths
-    from robustlib.io import read_json
+    from robustlib.pipeline import paths
+    from robustlib.pipeline.io import read_json
 
-    table = results.load_results(paths.attack_results_path(out, run))
+    table = schema.load_results(paths.attack_results_path(out, run))
     train = read_json(paths.train_metrics_path(out, run))
-    row = {"run": run, "n": len(table), "clean_%": 100 * table[results.CLEAN].mean()}
-    for col, name in ((results.robust("pgd_linf"), "pgd_linf_%"), (results.robust("aa_linf"), "aa_linf_%"),
-                      (results.worst("linf"), "worst_linf_%"), (results.robust("aa_l2"), "aa_l2_%")):
+    row = {"run": run, "n": len(table), "clean_%": 100 * table[schema.CLEAN].mean()}
+    for col, name in ((schema.robust("pgd_linf"), "pgd_linf_%"), (schema.robust("aa_linf"), "aa_linf_%"),
+                      (schema.worst("linf"), "worst_linf_%"), (schema.robust("aa_l2"), "aa_l2_%")):
         if col in table:
             row[name] = 100 * table[col].mean()
     row["train_minutes"] = train["train_minutes"]
@@ -228,11 +228,11 @@ PERCEPTUAL_COLUMNS = (("spatial", "stadv", ("stadv",)), ("recolor", "recoloradv"
                       ("JPEG", "jpeg", ("jpeg",)), ("NPTM", "nptm", ("lpa", "ppgd")))
 """Table 1's perceptual columns: (column, threat model, its attacks) -- Laidlaw et al. 2021's threat models."""
 
-ATTACK_OUTCOME_COLUMNS = {"clean_%": results.CLEAN, "pgd_linf_%": results.robust("pgd_linf"),
-                          "aa_linf_%": results.robust("aa_linf"), "linf_AA": results.robust("aa_linf"),
-                          "worst_linf_%": results.worst("linf"), "linf_worst": results.worst("linf"),
-                          "aa_l2_%": results.robust("aa_l2"), "l2_AA": results.robust("aa_l2"),
-                          **{col: results.worst(threat) for col, threat, _ in PERCEPTUAL_COLUMNS}}
+ATTACK_OUTCOME_COLUMNS = {"clean_%": schema.CLEAN, "pgd_linf_%": schema.robust("pgd_linf"),
+                          "aa_linf_%": schema.robust("aa_linf"), "linf_AA": schema.robust("aa_linf"),
+                          "worst_linf_%": schema.worst("linf"), "linf_worst": schema.worst("linf"),
+                          "aa_l2_%": schema.robust("aa_l2"), "l2_AA": schema.robust("aa_l2"),
+                          **{col: schema.worst(threat) for col, threat, _ in PERCEPTUAL_COLUMNS}}
 """The per-example attack-results column each report column (``run_summary``, ``attack_table``) averages."""
 
 
@@ -240,7 +240,7 @@ def per_example_outcomes(out, run: str, metric: str, eps: float) -> pd.Series | 
     """The per-example outcomes (booleans indexed by test index) behind report column ``metric`` of
     ``run``: the attack stage's (``ATTACK_OUTCOME_COLUMNS``) or, for ``verified``, the verify stage's
     verdicts at ``eps``; None for any other column (e.g. minutes) or where the run has no such results."""
-    from robustlib import paths
+    from robustlib.pipeline import paths
 
     if metric == "verified":
         f = paths.verify_results_path(out, run)
@@ -248,12 +248,12 @@ def per_example_outcomes(out, run: str, metric: str, eps: float) -> pd.Series | 
             return None
         table = pd.read_csv(f)
         at = table[(table["eps"] - eps).abs() < 1e-9]
-        return None if at.empty else (at["verdict"] == "verified").set_axis(at[results.INDEX])
+        return None if at.empty else (at["verdict"] == "verified").set_axis(at[schema.INDEX])
     column, f = ATTACK_OUTCOME_COLUMNS.get(metric), paths.attack_results_path(out, run)
     if column is None or not f.exists():
         return None
-    table = results.load_results(f)
-    return table[column].astype(bool).set_axis(table[results.INDEX]) if column in table else None
+    table = schema.load_results(f)
+    return table[column].astype(bool).set_axis(table[schema.INDEX]) if column in table else None
 
 
 def perceptual_settings(attack: Sequence[Mapping], undefended_run: str | None) -> pd.DataFrame:
@@ -265,7 +265,7 @@ def perceptual_settings(attack: Sequence[Mapping], undefended_run: str | None) -
     controls = base.get("sanity", {}).get("perceptual_controls", {})
     rows = []
     for name, eps in budgets.items():
-        acc = base.get(results.acc_key(name))
+        acc = base.get(schema.acc_key(name))
         rows.append({"attack": name, "budget": eps,
                      f"{undefended_run}_acc_%": "n/a" if name in base.get("not_applicable", {}) else
                      (round(100 * acc, 2) if acc is not None else "-"),
@@ -286,11 +286,11 @@ def attack_table(train: Sequence[Mapping], attack: Sequence[Mapping]) -> pd.Data
     minutes = {m["run"]: m["train_minutes"] for m in train}
     rows = []
     for m in attack:
-        row = {"run": m["run"], "clean": 100 * m["clean_acc"], "linf_AA": 100 * m[results.acc_key("aa_linf")],
-               "linf_worst": 100 * m[results.worst_acc_key("linf")], "l2_AA": 100 * m[results.acc_key("aa_l2")]}
+        row = {"run": m["run"], "clean": 100 * m["clean_acc"], "linf_AA": 100 * m[schema.acc_key("aa_linf")],
+               "linf_worst": 100 * m[schema.worst_acc_key("linf")], "l2_AA": 100 * m[schema.acc_key("aa_l2")]}
         for col, threat, attacks in PERCEPTUAL_COLUMNS:  # worst case over the threat model's attacks
-            if results.worst_acc_key(threat) in m:
-                row[col] = round(100 * m[results.worst_acc_key(threat)], 2)
+            if schema.worst_acc_key(threat) in m:
+                row[col] = round(100 * m[schema.worst_acc_key(threat)], 2)
             else:
                 row[col] = "n/a" if any(a in m.get("not_applicable", {}) for a in attacks) else "-"
         row["train_minutes"] = minutes.get(m["run"])
@@ -310,7 +310,7 @@ def verification_table(verify: Sequence[Mapping], attack: Mapping[str, Mapping])
     AutoAttack-robust / verified accuracy (%), the gap PGD - verified split into its causes (examples
     that timed out, stayed unknown otherwise -- e.g. a margin within the numerical tolerance --, or were
     falsified by a counterexample PGD missed), median and p90 seconds per example, timeouts, unstable
-    ReLUs and the solver (the paper's numbers: ``robustlib.paper.TABLE2``, beside ours in the report)."""
+    ReLUs and the solver (the paper's numbers: ``robustlib.reporting.paper.TABLE2``, beside ours in the report)."""
     rows = []
     for m in verify:
         for eps, e in m["eps"].items():

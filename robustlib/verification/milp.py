@@ -6,7 +6,7 @@ For each example, cheapest first:
 
 1. the clean example misclassified -> ``falsified`` (counterexample = x);
 2. given ``counterexamples`` (e.g. the attack stage's points) that replay -> ``falsified``;
-3. bounds (``robustlib.bounds``: interval, or progressive CROWN) prove ``z_y - z_j > tol`` for all j
+3. bounds (``robustlib.bounds.intervals``: interval, or progressive CROWN) prove ``z_y - z_j > tol`` for all j
    -> ``verified`` (method ``bounds``);
 4. a short PGD (margin loss) whose point replays -> ``falsified``;
 5. the MILP: the exact network on the L-inf eps-ball intersected with [0, 1]; each unstable ReLU
@@ -57,10 +57,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlib import parallel
 from robustlib.attacks.ascent import ascend
 from robustlib.attacks.common import margin_loss
-from robustlib.bounds import (
+from robustlib.bounds.intervals import (
     BOUND_METHODS,
     MARGIN_ATOL,
     MARGIN_RTOL,
@@ -72,6 +71,7 @@ from robustlib.bounds import (
     margin_tolerance,
     to_sequential,
 )
+from robustlib.pipeline import parallel
 from robustlib.threat import NORMS, ThreatModel
 
 logger = logging.getLogger(__name__)
@@ -800,7 +800,7 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf
     ``"highs"`` or ``"scip"`` (the same encoding; options in ``HIGHS_OPTIONS`` / ``SCIP_PARAMS``).
     ``margin_atol``, ``margin_rtol``, ``margin_float32``: the numerical tolerance
     (``bounds.margin_tolerance``) a proven margin must exceed. ``time_limit``: seconds per example,
-    whole example. ``processes > 1``: forked workers (``robustlib.parallel.imap``), one torch thread
+    whole example. ``processes > 1``: forked workers (``robustlib.pipeline.parallel.imap``), one torch thread
     each.
     ``shard_dir``: results are saved there per block of ``shard_size`` examples as each block
     finishes, under a hash of the whole computation (``verify_key``); a later call with the same

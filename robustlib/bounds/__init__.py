@@ -1,0 +1,1 @@
+"""Sound output bounds of ReLU networks (interval and linear relaxations, Lipschitz constants)."""

@@ -1,0 +1,1 @@
+"""Datasets: loading, the fixed splits, and the nearest-neighbour statistics of a training set."""

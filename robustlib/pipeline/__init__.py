@@ -1,0 +1,1 @@
+"""Pipeline plumbing: parameters and profiles, output paths, file I/O, worker processes, provenance."""
