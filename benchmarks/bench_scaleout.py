@@ -47,6 +47,15 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def notebook_seconds(ws: Path, profile: str = "smoke") -> float:
+    """The stages' own compute: the sum of papermill's durations of the executed notebooks (without DVC's
+    and the runner's bookkeeping; on a shared machine it moves with the load as much as the wall time)."""
+    total = 0.0
+    for nb in sorted((ws / "reports" / profile / "executed").glob("*.ipynb")):
+        total += float(json.loads(nb.read_text())["metadata"]["papermill"]["duration"])
+    return round(total, 1)
+
+
 # ------------------------------------------------------------------------------------------- measured
 def measure(workers: list[int], keep: Path | None) -> dict[str, Any]:
     """The smoke profile sequentially and on each worker count; wall seconds and comparisons."""
@@ -58,7 +67,7 @@ def measure(workers: list[int], keep: Path | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     run([dvc, "repro"], seq)
     runs["dvc repro"] = {"wall_seconds": round(time.perf_counter() - t0, 1), "uptime_before": before,
-                         "uptime_after": uptime()}
+                         "uptime_after": uptime(), "notebook_seconds": notebook_seconds(seq)}
     logger.info("dvc repro: %s", runs["dvc repro"])
     for n in workers:
         ws = copy_workspace(ROOT, base / f"workers_{n}", "smoke")
@@ -74,6 +83,8 @@ def measure(workers: list[int], keep: Path | None) -> dict[str, Any]:
         s = json.loads(summary.read_text())
         runs[f"{n} worker{'s' if n > 1 else ''}"] = {
             "wall_seconds": wall, "uptime_before": before, "uptime_after": after,
+            "notebook_seconds": notebook_seconds(ws),
+            "shard_task_seconds": round(sum(x["seconds"] for x in s["shards"]), 1),
             "stages_ran": sum(r["status"] == "ran" for r in s["results"]),
             "verify_shard_tasks": len(s["shards"]), "workers_used": len({r["worker"] for r in s["results"]}),
             "dvc_status_clean": "up to date" in status,
@@ -92,10 +103,10 @@ def measure(workers: list[int], keep: Path | None) -> dict[str, Any]:
 ASSUMPTIONS = [
     "k workers, each holding one GPU and its node's CPUs; every task (a stage or a verify shard) occupies one worker "
     "for its minutes; a worker starts the ready task with the longest remaining path (as the runner's priorities).",
-    "Training (train@<run>): the paper's GPU minutes where robustlib/reporting/paper.py records them (hamming_stability 252, "
-    "pgd_at 1620, one RTX 1080). Every other run: its cifar10-cpu minutes per epoch (measured, metrics/train) "
-    "relative to the same anchor (pgd_at for runs whose objective crafts adversarial examples, else "
-    "hamming_stability), times the anchor's paper minutes; a run cifar10-cpu did not train: its MNIST "
+    "Training (train@<run>): the paper's GPU minutes where robustlib/reporting/paper.py records them "
+    "(hamming_stability 252, pgd_at 1620, one RTX 1080). Every other run: its cifar10-cpu minutes per epoch "
+    "(measured, metrics/train) relative to the same anchor (pgd_at for runs whose objective crafts adversarial "
+    "examples, else hamming_stability), times the anchor's paper minutes; a run cifar10-cpu did not train: its MNIST "
     "minutes per epoch (mnist-survey) relative to mnist-survey's standard, times default's standard relative to "
     "the anchor (both MNIST profiles: 5 epochs, SmallCNN, measured on the same host). The paper's other "
     "per-network minutes (up to 3,053) are not recorded in this repository and are not used.",
@@ -231,22 +242,25 @@ def markdown(res: dict[str, Any]) -> str:
         m = res["measured"]
         lines += [f"Measured: smoke profile, fresh workspace copies, {m['machine']['cpus']} CPUs "
                   f"({m['machine']['uname']}); outputs compared with the sequential `dvc repro`'s.",
-                  "", "| run | wall (s) | load average before -> after | byte-identical | equal but for wall-clock "
-                  "fields | notebooks, .md, .png differing | MILP verdicts at the time limit | unexplained | "
-                  "dvc status clean |", "|---|---|---|---|---|---|---|---|---|"]
+                  "", "| run | wall (s) | notebooks (s) | load average before -> after | byte-identical | equal but "
+                  "for wall-clock fields | notebooks, .md, .png differing | MILP verdicts at the time limit | "
+                  "unexplained | dvc status clean |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in m["runs"].items():
             load = f"{r['uptime_before'].split('load average:')[-1].strip()} -> " \
                    f"{r['uptime_after'].split('load average:')[-1].strip()}"
             if "output_files" not in r:
-                lines.append(f"| {name} | {r['wall_seconds']} | {load} | (reference) | | | | | |")
+                lines.append(f"| {name} | {r['wall_seconds']} | {r['notebook_seconds']} | {load} | (reference) "
+                             "| | | | | |")
                 continue
             milp = {k: v for k, v in r["milp_time_limit_differences"].items() if k != "derived"}
             milp_text = "; ".join(f"{Path(k).name}: {len(v)}" for k, v in milp.items()) or "none"
             ident = f"{r['byte_identical_files']} of {r['output_files']}"
-            lines.append(f"| {name} | {r['wall_seconds']} | {load} | {ident} "
+            lines.append(f"| {name} | {r['wall_seconds']} | {r['notebook_seconds']} | {load} | {ident} "
                          f"| {len(r['equal_without_wall_clock_fields'])} | {len(r['rendered_for_reading_differ'])} | "
                          f"{milp_text} | {len(r['unexplained_differences'])} | {r['dvc_status_clean']} |")
-        lines += ["", "Every list of files is in scaleout.json.", ""]
+        lines += ["", "notebooks (s): the sum of the executed notebooks' papermill durations (the stages' compute, "
+                  "which other jobs on the machine slow as much as the wall time). Every list of files is in "
+                  "scaleout.json.", ""]
     s = res["simulated"]
     lines += ["Simulated: paper profile on k GPUs (list schedule of the DAG; assumptions below).", ""]
     for name, sc in s["scenarios"].items():

@@ -95,8 +95,8 @@ def compute_stage_shard(run: str, eps: float, start: int, params_file: str = "pa
     """One shard of ``verify@run`` in the workspace of the working directory, from the stage's own inputs."""
     import torch
 
-    from robustlib.pipeline import paths
     from robustlib.attacks import pgd
+    from robustlib.pipeline import paths
     from robustlib.pipeline.io import load_model
     from robustlib.stages.common import setup, test_examples
     from robustlib.threat import ThreatModel
