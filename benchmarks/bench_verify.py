@@ -32,8 +32,9 @@ import torch
 
 from robustlib.data.datasets import load_split
 from robustlib.pipeline.io import load_model, write_json
-from robustlib.verification.milp import solver_settings as settings_of
-from robustlib.verification.milp import summarize, verify
+from robustlib.verification.cascade import summarize
+from robustlib.verification.shards import verify
+from robustlib.verification.solvers import solver_settings as settings_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         "The same examples, three verifiers: `highs` and `scip` run the same verifier and MILP encoding "
         "(CROWN bounds, PGD-20, early-stopping MILP) with different solvers; `naive` is an interval-bound MILP "
         "(HiGHS, no attack). Verified means the proven margin exceeds the numerical tolerance "
-        "(robustlib.bounds.intervals.margin_tolerance: 1e-4 + 1e-5 x a bound on the largest logit over the ball).",
+        "(robustlib.bounds.tolerance.margin_tolerance: 1e-4 + 1e-5 x a bound on the largest logit over the ball).",
         "",
         "| | " + " | ".join(CONFIGS) + " |",
         "|---|" + "---|" * len(CONFIGS),

@@ -58,6 +58,18 @@ NOTEBOOKS = {
         new_code_cell("metrics = stage.run(params_file, output_root, progress)\n"
                       "pd.Series(metrics, name='lpips').to_frame()"),
     ],
+    "12_sweep_train.ipynb": [
+        new_markdown_cell("# Train one sweep cell\n\nTrains the weight-sweep cell named `cell` (`sweep_cells.<cell>`: "
+                          "its base run's training with the sweep's Hamming/stability weights and reading of eq. 17, "
+                          "`robustlib.pipeline.sweeps`), with the per-epoch probe diagnostics and the collapse stop; "
+                          "an interrupted cell resumes from its last completed epoch."),
+        new_code_cell(EXPLORE + 'cell: str = "smoke_h10_s0p0025"  # a cell name of sweep_cells\n'
+                      'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      + OUT + "\n" + PROGRESS, metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import sweep as stage"),
+        new_code_cell("metrics = stage.train_cell(cell, params_file, output_root, progress)\n"
+                      "pd.Series(metrics, name=cell).to_frame()"),
+    ],
     "20_attack.ipynb": [
         new_markdown_cell("# Attack one named run\n\nFGSM, PGD (L-inf, L2), AutoAttack (with its checks), a transfer "
                           "attack and the perceptual attacks on the run's test examples; per-example worst case, "
@@ -86,6 +98,17 @@ NOTEBOOKS = {
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import verify as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\npd.DataFrame(metrics['eps']).T"),
     ],
+    "25_sweep_eval.ipynb": [
+        new_markdown_cell("# Evaluate one sweep cell\n\nClean and PGD accuracy (the paper's PGD: 20 steps x 10 "
+                          "restarts, step 2.5 eps / 20) of the cell's model on the validation images the sweep "
+                          "selects on, and on test examples when the sweep asks (`sweeps.<sweep>.eval`)."),
+        new_code_cell(EXPLORE + 'cell: str = "smoke_h10_s0p0025"  # a cell name of sweep_cells\n'
+                      'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      + OUT + '; the sweep-train notebook must have run there', metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import sweep as stage"),
+        new_code_cell("result = stage.eval_cell(cell, params_file, output_root)\n"
+                      "pd.DataFrame({k: result[k] for k in ('val', 'test') if k in result}).T"),
+    ],
     "40_ablations.ipynb": [
         new_markdown_cell("# Ablations (paper Table 3) and regularization-strength sweep"),
         new_code_cell(CROSS_RUN, metadata={"tags": ["parameters"]}),
@@ -93,6 +116,31 @@ NOTEBOOKS = {
                       "from robustlib.stages import ablations as stage"),
         new_code_cell("result = stage.run(params_file, output_root, input_root)\nresult['table']"),
         new_code_cell("display(result['sweep'])\ndisplay(Image(filename=str(result['figure'])))"),
+    ],
+    "45_sweep_select.ipynb": [
+        new_markdown_cell("# Select the best cell of a weight sweep\n\nThe cell with the best validation PGD accuracy "
+                          "among those that trained and did not collapse (ties: clean accuracy, then the earlier "
+                          "cell), the check that the other readings of eq. 17 were tried at the best grid cell, and "
+                          "AutoAttack on the selected cell when the sweep asks."),
+        new_code_cell(EXPLORE + 'sweep: str = "smoke"  # a sweep name of sweeps\n'
+                      'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      + OUT + '; its cells must have been trained and evaluated there',
+                      metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import sweep as stage"),
+        new_code_cell("selection = stage.select(sweep, params_file, output_root)\n"
+                      "print('selected:', selection['selected'])\npd.DataFrame(selection['cells'])"),
+    ],
+    "46_sweep_report.ipynb": [
+        new_markdown_cell("# Weight sweep: figures, table and the check of the seeded runs\n\nThe accuracy heatmap "
+                          "over (gamma_H, gamma_S) with the paper's point and the reference runs, the probe "
+                          "diagnostics of every cell (collapsed beside surviving), and the check that the profile's "
+                          "seeded runs carry the selected weights and reading."),
+        new_code_cell(CROSS_RUN + '\nsweep: str = "smoke"  # a sweep name of sweeps',
+                      metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nfrom IPython.display import Image, display\n\n"
+                      "from robustlib.stages import sweep as stage"),
+        new_code_cell("result = stage.report(sweep, params_file, output_root, input_root)\nresult['table']"),
+        new_code_cell("for f in result['figures']:\n    display(Image(filename=str(f)))"),
     ],
     "50_laplacian.ipynb": [
         new_markdown_cell("# Sparse vs dense Laplacian (paper Table 4) and appendix-B neighbour statistics"),

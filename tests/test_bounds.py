@@ -1,9 +1,10 @@
-"""Soundness and tightness of robustlib.bounds.intervals against independent references: random and PGD-
-extremized points of the ball (robustlib.attacks.ascent.ascend), box corners (exact range of an
-affine map), explicit operator matrices built by probing, and closed forms."""
+"""Soundness and tightness of robustlib.bounds (intervals, tolerance, lipschitz) against independent
+references: random and PGD-extremized points of the ball (robustlib.attacks.ascent.ascend), box corners
+(exact range of an affine map), explicit operator matrices built by probing, and closed forms."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -13,19 +14,20 @@ from torch import nn
 
 from robustlib.attacks.ascent import ascend
 from robustlib.bounds.intervals import (
-    float32_error_bound,
     ibp_certified,
     input_box,
     interval_bounds,
-    layer_operator_norm,
     linear_bounds,
+    margin_lower_bounds,
+    to_sequential,
+)
+from robustlib.bounds.lipschitz import (
+    layer_operator_norm,
     lipschitz_bound,
     lipschitz_certified_radius,
     lipschitz_upper_bound,
-    margin_lower_bounds,
-    margin_tolerance,
-    to_sequential,
 )
+from robustlib.bounds.tolerance import float32_error_bound, margin_tolerance
 from robustlib.models import Normalize, build_model
 from robustlib.threat import ThreatModel
 
@@ -333,8 +335,6 @@ def test_float32_error_bound_holds_and_is_not_vacuous(name):
         mag, err = float32_error_bound(net, lo, hi)
         _, act = margin_lower_bounds(net, lo, hi, net(x).argmax(1), "linear")
         mag2, err2 = float32_error_bound(net, lo, hi, act)
-        import copy
-
         exact = copy.deepcopy(net).double()
         worst = torch.zeros_like(err)
         for k in range(20):

@@ -60,7 +60,7 @@ BAD = [  # (profile, key, bad value, what the message must say)
     ("default", "attack.sanity.undefended_run", "nobody", "attack.sanity.undefended_run: must be null or one of"),
     ("default", "verify.eps", [0.1, 1.5], "verify.eps: must be a list of 1 or more values"),
     ("default", "verify.bounds", "crown", "verify.bounds: must be one of ['interval', 'linear']"),
-    ("default", "verify.solver", "gurobi", "verify.solver must be one of"),  # params.load's own check
+    ("default", "verify.solver", "gurobi", "verify.solver: must be one of ['highs', 'scip'], got 'gurobi'"),
     ("default", "base.device", "tpu", "base.device: must be auto, cpu, cuda or cuda:<index>, got 'tpu'"),
     ("default", "base.seed", -1, "base.seed: must be an integer >= 0, got -1"),
     ("default", "data.n_val", "many", "data.n_val: must be an integer >= 0, got 'many'"),

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from robustlib.attacks import autoattack, fgsm, pgd
-from robustlib.bounds.intervals import ibp_certified, lipschitz_upper_bound, margin_lower_bounds, to_sequential
+from robustlib.bounds.intervals import ibp_certified, margin_lower_bounds, to_sequential
+from robustlib.bounds.lipschitz import lipschitz_upper_bound
 from robustlib.evaluation.worst_case import evaluate_attacks
 from robustlib.models import build_model
 from robustlib.regularizers import build_objective

@@ -55,7 +55,6 @@ def test_use_profile_writes_params_and_rejects_unknown(tmp_path, root):
     (lambda p: p["runs"]["standard"].update(objective={"xent": 1}), "unknown objective term 'xent'"),
     (lambda p: p["train"].update(eps=-0.1), "eps must be"),
     (lambda p: p["data"].update(dataset="imagenet"), "data.dataset must be one of"),
-    (lambda p: p["verify"].update(solver="gurobi"), "verify.solver must be one of"),
     (lambda p: p["verify"].update(shard_size=0), "verify.shard_size must be"),
     (lambda p: p["laplacian"].update(dense_run="dense"), r"name unknown runs \['dense'\]"),
 ])

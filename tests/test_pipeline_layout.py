@@ -117,8 +117,7 @@ def test_every_p_value_comes_from_params_or_the_stage(root):
             assert value.startswith("${") or value in {"params.yaml", PROFILE_ROOT} or presentation, (name, value)
 
 
-@pytest.mark.parametrize("nb", ["10_train.ipynb", "15_lpips.ipynb", "20_attack.ipynb", "30_verify.ipynb",
-                                "40_ablations.ipynb", "50_laplacian.ipynb", "90_report.ipynb"])
+@pytest.mark.parametrize("nb", sorted(p.name for p in (Path(__file__).parents[1] / "notebooks").glob("*.ipynb")))
 def test_source_notebooks_are_thin_and_clean(root, nb):
     cells = json.loads((root / "notebooks" / nb).read_text())["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]

@@ -422,3 +422,98 @@ def test_compiled_hamming_matches_the_eager_paths(monkeypatch):
     other = [z[:3].detach().requires_grad_(True) for z in zp], [z[:3].detach() for z in zm]
     assert manifold._compiled_for(*other, 8.0) is None  # another shape: the eager autograd function
     assert torch.allclose(hamming(*other, 8.0), manifold.hamming_reference(*other, 8.0), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the readings of eq. 17 (issue 24)
+# ---------------------------------------------------------------------------------------------
+def _hand_made():
+    """Two layers of hand-made pre-activations (N = 2): layer 0 has m = 4 units, layer 1 (conv-shaped) m = 2."""
+    zp = [torch.tensor([[1.0, -2.0, 0.5, 3.0], [-1.0, 1.0, 2.0, -0.25]], dtype=torch.float64),
+          torch.tensor([[[[0.3]], [[-0.7]]], [[[1.5]], [[0.2]]]], dtype=torch.float64)]
+    zm = [torch.tensor([[-1.0, -2.0, 0.25, 3.0], [1.0, -1.0, 2.0, 0.5]], dtype=torch.float64),
+          torch.tensor([[[[0.3]], [[0.4]]], [[[-1.5]], [[0.1]]]], dtype=torch.float64)]
+    return zp, zm
+
+
+def _closed_form(zp, zm, alpha: float, reading: str) -> float:
+    """Each reading's formula (manifold.READINGS), by loops over examples, layers and units."""
+    total, count = 0.0, 0
+    for i in range(zp[0].shape[0]):
+        for a, b in zip(zp, zm, strict=True):
+            h = [0.5 * abs(math.tanh(alpha * u) - math.tanh(alpha * v))
+                 for u, v in zip(a[i].flatten().tolist(), b[i].flatten().tolist(), strict=True)]
+            m = len(h)
+            d = {"mean_sq": (sum(h) / m) ** 2, "sum_sq_over_m": sum(h) ** 2 / m,
+                 "mean_of_sq": sum(x * x for x in h) / m, "sum_of_sq_over_m2": sum(x * x for x in h) / m ** 2,
+                 "mean": sum(h) / m}[reading]
+            total += d
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("reading", ["mean_sq", "sum_sq_over_m", "mean_of_sq", "sum_of_sq_over_m2", "mean"])
+def test_every_reading_of_eq17_matches_its_closed_form(reading):
+    from robustlib.regularizers.manifold import READINGS, hamming_reading
+
+    assert reading in READINGS
+    zp, zm = _hand_made()
+    for alpha in (0.7, 8.0):
+        got = float(hamming_reading(zp, zm, alpha, reading))
+        assert got == pytest.approx(_closed_form(zp, zm, alpha, reading), rel=1e-12)
+
+
+def test_readings_in_the_hamming_limit_are_exact_counts():
+    """alpha -> inf: H is 1 where the ReLU state differs, else 0. Layer 0 of the hand-made batch differs in units
+    0 (example 0) and 0, 1, 3 (example 1); layer 1 in unit 1 (example 0) and unit 0 (example 1)."""
+    from robustlib.regularizers.manifold import hamming_reading
+
+    zp, zm = _hand_made()
+    counts = [(1, 4), (1, 2), (3, 4), (1, 2)]  # (units differing, m) for (ex 0, layer 0), (ex 0, layer 1), ...
+    want = {"mean_sq": np.mean([(k / m) ** 2 for k, m in counts]),
+            "sum_sq_over_m": np.mean([k * k / m for k, m in counts]),
+            "mean_of_sq": np.mean([k / m for k, m in counts]),
+            "sum_of_sq_over_m2": np.mean([k / m ** 2 for k, m in counts]),
+            "mean": np.mean([k / m for k, m in counts])}
+    for reading, value in want.items():
+        assert float(hamming_reading(zp, zm, 1e9, reading)) == pytest.approx(value, rel=1e-9)
+
+
+def test_default_reading_is_the_committed_hamming_bitwise():
+    """The default reading is ``hamming`` itself (the committed runs' path): equal bits, and the slow reference."""
+    from robustlib.regularizers.manifold import DEFAULT_READING, hamming_reading, hamming_reference
+
+    g = torch.Generator().manual_seed(7)
+    zp = [torch.randn(6, 3, 4, 4, generator=g), torch.randn(6, 9, generator=g)]
+    zm = [torch.randn(6, 3, 4, 4, generator=g), torch.randn(6, 9, generator=g)]
+    assert DEFAULT_READING == "mean_sq"
+    assert torch.equal(hamming_reading(zp, zm, 8.0), hamming(zp, zm, 8.0))
+    assert torch.allclose(hamming_reading(zp, zm, 8.0, "mean_sq"), hamming_reference(zp, zm, 8.0), rtol=1e-6)
+    # through the term: a spec without `reading` and one naming the default give the same objective
+    model = tiny_mlp()
+    x, y = batch(6)
+    values = []
+    for spec in ({"hamming": {"weight": 3.0, "alpha": 8.0}}, {"hamming": {"weight": 3.0, "reading": "mean_sq"}}):
+        ctx = StepContext(model, x, y, ThreatModel("linf", 0.2), 0.0, torch.Generator().manual_seed(0))
+        values.append(build_objective(spec, ramp=None)(ctx)[0])
+    assert torch.equal(values[0], values[1])
+
+
+@pytest.mark.parametrize("reading", ["sum_sq_over_m", "mean_of_sq", "sum_of_sq_over_m2", "mean"])
+def test_other_readings_have_correct_gradients(reading):
+    from robustlib.regularizers.manifold import hamming_reading
+
+    zp, zm = _hand_made()
+    leaves = [z.clone().requires_grad_(True) for z in (*zp, *zm)]
+    assert torch.autograd.gradcheck(lambda a, b, c, d: hamming_reading([a, b], [c, d], 1.3, reading), tuple(leaves))
+
+
+def test_reading_is_a_term_option_and_shows_in_the_objective_description():
+    from robustlib.reporting.tables import describe_objective
+
+    with pytest.raises(ValueError, match="unknown reading 'squared'"):
+        build_objective({"hamming": {"weight": 1.0, "reading": "squared"}})
+    obj = build_objective({"hamming": {"weight": 1.0, "reading": "mean_of_sq"}})
+    assert obj.terms["hamming"].term.reading == "mean_of_sq"
+    assert "reading mean_of_sq" in describe_objective({"hamming": {"weight": 9000.0, "reading": "mean_of_sq"}})
+    assert "reading" not in describe_objective({"hamming": {"weight": 9000.0, "alpha": 8.0}})

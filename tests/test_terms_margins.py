@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlib.bounds.intervals import lipschitz_upper_bound
+from robustlib.bounds.lipschitz import lipschitz_upper_bound
 from robustlib.models import build_model
 from robustlib.regularizers import StepContext, build_objective, multiclass_hinge
 from robustlib.regularizers.margins import LipschitzMargin

@@ -150,7 +150,7 @@ def test_non_finite_loss_stops_at_the_step_and_writes_no_checkpoint(tmp_path):
 def test_a_run_that_diverges_after_an_epoch_keeps_its_last_finite_epoch(tmp_path):
     """The train stage's policy: the failing epoch is dropped, the model and history are epoch 2's (equal
     to its checkpoint), and the second value says where training diverged; in epoch 1 it re-raises."""
-    from robustlib.stages.train import train_or_last_finite
+    from robustlib.training.runner import train_or_last_finite
 
     x, y = _data()
     x_val = x[:16].clone()
@@ -169,7 +169,7 @@ def test_a_run_that_diverges_after_an_epoch_keeps_its_last_finite_epoch(tmp_path
     cfg = _cfg(objective={"ce": 1.0}, epochs=4)
     xs, hook = poisoned(2)
     with pytest.MonkeyPatch.context() as mp:
-        import robustlib.stages.train as stage
+        import robustlib.training.runner as stage
         mp.setattr(stage, "train", lambda *a, **k: train(*a, **k, step_hook=hook))
         res, diverged = stage.train_or_last_finite(cfg, xs, y, x_val, y[:16], **stop)
         assert diverged["epoch"] == 3 and "epoch 3, step 2" in diverged["message"]
@@ -192,3 +192,141 @@ def test_eps_and_lr_schedules_reach_the_loop():
     eps = [h["eps"] for h in res.history]
     assert eps[0] < eps[1] <= 0.1 and eps[-1] == pytest.approx(0.1)
     assert res.history[-1]["lr"] < res.history[1]["lr"]  # decays in the last part
+
+
+# ---------------------------------------------------------------------------------------------
+# probe diagnostics and the collapse stop (issue 24)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_diagnostics_do_not_change_training(spectral_norm):
+    """Equal parameters AND buffers (spectral norm's power-iteration vectors, updated by every train-mode forward)
+    after 2 epochs with and without the per-epoch probe diagnostics."""
+    x, y = _data()
+    on = train(_cfg(epochs=2, diagnostics=True, spectral_norm=spectral_norm), x, y, x[:40], y[:40], progress=False)
+    off = train(_cfg(epochs=2, diagnostics=False, spectral_norm=spectral_norm), x, y, x[:40], y[:40],
+                progress=False)
+    a, b = on.model.state_dict(), off.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(p, q) for p, q in zip(on.model.parameters(), off.model.parameters(), strict=True))
+    assert "diag_grad_hamming" in on.history[-1] and "diag_grad_hamming" not in off.history[-1]
+    keep = [k for k in off.history[0] if k != "seconds"]
+    assert [{k: h[k] for k in keep} for h in on.history] == [{k: h[k] for k in keep} for h in off.history]
+
+
+def test_diagnostic_fields_against_direct_computations():
+    """Each field on the probe batch (the first 128 validation images; here all 40) at the end of training,
+    recomputed directly: dead and unstable fractions per layer, the weighted terms, the first layer's norm."""
+    from robustlib.regularizers import build_objective
+    from robustlib.threat import ThreatModel
+    from robustlib.training.diagnostics import PROBE_SIZE, probe_generator
+
+    x, y = _data()
+    cfg = _cfg(epochs=2)
+    assert cfg.records_diagnostics and not _cfg(objective={"ce": 1.0}).records_diagnostics
+    res = train(cfg, x, y, x[:40], y[:40], progress=False)
+    row, model = res.history[-1], res.model
+    assert PROBE_SIZE == 128
+    with torch.no_grad():
+        logits, z = model(x[:40], return_preacts=True)
+        rho = ThreatModel("linf", row["eps"]).random_corner(x[:40], probe_generator(cfg.seed))
+        _, zp = model((x[:40] + rho).clamp(0, 1), return_preacts=True)
+        _, zm = model((x[:40] - rho).clamp(0, 1), return_preacts=True)
+    for j in range(len(z)):
+        dead = sum(bool((z[j][:, k] <= 0).all()) for k in range(z[j].shape[1])) / z[j].shape[1]
+        assert row[f"diag_dead_l{j}"] == pytest.approx(dead)
+        assert row[f"diag_unstable_l{j}"] == pytest.approx(float(((zp[j] > 0) != (zm[j] > 0)).float().mean()))
+    assert row["probe_classes"] == len(set(logits.argmax(1).tolist()))
+    assert row["diag_w1_norm"] == pytest.approx(float(model.layers[1].weight.detach().norm()))
+    # the weighted terms: the objective on the probe batch with the probe's rho, in train mode
+    objective = build_objective(cfg.objective, cfg.gamma_ramp)
+    progress = (2 * 6 - 1) / (2 * 6)  # the last step of epoch 2 (96 images / batch 16 = 6 steps per epoch)
+    from robustlib.regularizers import StepContext
+
+    model.train()
+    ctx = StepContext(model, x[:40], y[:40], ThreatModel("linf", row["eps"]), progress, probe_generator(cfg.seed))
+    _, parts = objective(ctx)
+    model.eval()
+    for name, wt in objective.terms.items():
+        assert row[f"diag_{name}_weighted"] == pytest.approx(wt.weight_at(progress) * float(parts[name]), rel=1e-5)
+    assert all(row[f"diag_grad_{n}"] >= 0 for n in ("ce", "hamming", "stability", "total"))
+
+
+def test_resumed_run_keeps_its_diagnostics_history(tmp_path):
+    x, y = _data()
+    full = train(_cfg(epochs=3), x, y, x[:16], y[:16], progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, step):
+        if (epoch, step) == (2, 1):
+            raise Killed
+
+    ckpt = tmp_path / "resume.pt"
+    with pytest.raises(Killed):
+        train(_cfg(epochs=3), x, y, x[:16], y[:16], resume_path=ckpt, step_hook=kill, progress=False)
+    resumed = train(_cfg(epochs=3), x, y, x[:16], y[:16], resume_path=ckpt, progress=False)
+    assert resumed.resumed_from_epoch == 2
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full.history]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == strip
+    assert "diag_dead_l0" in resumed.history[0]  # epoch 1's diagnostics came back from the checkpoint
+
+
+def _balanced(n=96, seed=0):
+    """Three equally frequent classes: the terciles of the image mean (``_data``'s labels are nearly all class 1)."""
+    x, _ = _data(n, seed)
+    rank = x.mean((1, 2, 3)).argsort().argsort()
+    return x, (rank * 3 // n).long()
+
+
+def test_a_collapsing_run_stops_and_a_healthy_one_trains_every_epoch(tmp_path):
+    """One class for every training label drives the network to a constant prediction: with stop_on_collapse 2 it
+    stops early and records the first epoch of the constant streak; balanced, learnable labels train all 6 epochs."""
+    x, y = _balanced()
+    constant = torch.zeros_like(y)
+    cfg = _cfg(epochs=6, stop_on_collapse=2, objective={"ce": 1.0})
+    down = train(cfg, x, constant, x[:40], constant[:40], resume_path=tmp_path / "r.pt", progress=False)
+    assert down.collapsed_epoch is not None and len(down.history) < 6
+    streak = [h["probe_classes"] for h in down.history]
+    assert streak[-2:] == [1.0, 1.0] and down.collapsed_epoch == len(streak) - 1
+    assert all(s > 1 for s in streak[: down.collapsed_epoch - 1])
+    # resuming the stopped run does not train on
+    again = train(cfg, x, constant, x[:40], constant[:40], resume_path=tmp_path / "r.pt", progress=False)
+    assert again.collapsed_epoch == down.collapsed_epoch and len(again.history) == len(down.history)
+    healthy = train(cfg, x, y, x[:40], y[:40], progress=False)
+    assert healthy.collapsed_epoch is None and len(healthy.history) == 6
+    assert all(h["probe_classes"] > 1 for h in healthy.history)
+
+
+def test_new_options_leave_old_configurations_keys_and_records_unchanged():
+    """The resume key and the saved config of a run that does not use the later options are what they were before
+    the options existed (the committed runs resume and record as before); stop_on_collapse changes the key,
+    diagnostics (which cannot change training) does not."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    cfg = _cfg()
+    old = {k: v for k, v in asdict(cfg).items() if k not in ("diagnostics", "stop_on_collapse")}
+    assert cfg.key() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.record() == old
+    assert _cfg(diagnostics=False).key() == cfg.key() and _cfg(stop_on_collapse=5).key() != cfg.key()
+    with pytest.raises(ValueError, match="stop_on_collapse"):
+        _cfg(stop_on_collapse=-1)
+
+
+def test_diagnostics_run_on_the_compiled_hamming_path_without_changing_training(monkeypatch):
+    """Training compiles the Hamming function (torch.compile, for the first shape seen): the diagnostics' probe batch
+    of the training batch's shape runs through it too (its backward cannot retain the graph: one pass per term)."""
+    from robustlib.regularizers import manifold
+
+    monkeypatch.setenv("ROBUSTLIB_COMPILE", "1")
+    monkeypatch.setitem(manifold._COMPILED, "signature", None)
+    monkeypatch.setitem(manifold._COMPILED, "fn", None)
+    monkeypatch.setitem(manifold._COMPILED, "failed", False)
+    x, y = _data()
+    on = train(_cfg(epochs=2, diagnostics=True), x, y, x[:16], y[:16], progress=False)
+    assert manifold._COMPILED["fn"] is not None and not manifold._COMPILED["failed"]
+    off = train(_cfg(epochs=2, diagnostics=False), x, y, x[:16], y[:16], progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(on.model.parameters(), off.model.parameters(), strict=True))
+    assert on.history[-1]["diag_grad_hamming"] > 0

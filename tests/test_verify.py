@@ -1,12 +1,26 @@
-"""Soundness and completeness of the MILP verifier (robustlib.verification.milp) against an independent
+"""Soundness and completeness of the MILP verifier (robustlib.verification) against an independent
 reference: exhaustive case analysis over activation patterns of tiny ReLU nets with 2-D inputs, each
 pattern a linear region whose minimum margin over (region intersected with the box) is an LP solved
 by scipy.optimize.linprog; and exhaustive enumeration of max-pool argmax choices."""
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib.util
 import itertools
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +28,14 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-from robustlib.bounds.intervals import input_box, margin_lower_bounds, margin_tolerance, to_sequential
+from robustlib.bounds.intervals import ibp_certified, input_box, margin_lower_bounds, to_sequential
+from robustlib.bounds.tolerance import margin_tolerance
 from robustlib.models import Normalize, build_model
-from robustlib.verification.milp import SOLVERS, MILPEncoder, replays, solve_class, summarize, verify
+from robustlib.verification import shards, solvers
+from robustlib.verification.cascade import _snap_into_ball, replays, summarize
+from robustlib.verification.encoding import MILPEncoder
+from robustlib.verification.shards import verify
+from robustlib.verification.solvers import SOLVERS, _decide, _RunEnd, _Search, solve_class, solver_settings
 
 torch.set_num_threads(1)
 
@@ -331,8 +350,6 @@ def _constant_margin_net(delta: float) -> tuple[nn.Sequential, torch.Tensor, tor
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("bounds", ["linear", "interval"])
 def test_positive_margin_below_tolerance_is_not_verified(solver, bounds):
-    from robustlib.bounds.intervals import ibp_certified
-
     net, x, y = _constant_margin_net(3e-5)
     b = net[3].bias.detach().double()
     delta = float(b[0] - b[1])  # the true margin everywhere: positive, but below the tolerance (>= atol = 1e-4)
@@ -376,7 +393,7 @@ import sys, time
 from pathlib import Path
 import torch
 from torch import nn
-import robustlib.verification.milp as V
+import robustlib.verification.shards as V
 
 shard_dir, log, delay, out = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 torch.manual_seed(1)  # as _tiny_net(1): verified and falsified examples, some by the MILP
@@ -405,12 +422,6 @@ torch.save([(r.verdict, r.method, r.unstable, None if r.margin != r.margin else 
 
 
 def test_verify_killed_after_a_shard_resumes_without_redoing_finished_examples(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     script = tmp_path / "run.py"
     script.write_text(_RESUME_SCRIPT)
     shards, log1, log2 = tmp_path / "shards", tmp_path / "first.log", tmp_path / "second.log"
@@ -438,3 +449,161 @@ def test_verify_killed_after_a_shard_resumes_without_redoing_finished_examples(t
     assert resumed == ref and len(ref) == 8
     assert {r[0] for r in ref} == {"verified", "falsified"}  # both kinds of result go through the shards
     assert len(list(shards.glob("*.pt"))) == 4
+
+
+# ---------------------------------------------------------------------------------------------------
+# One decision for both solvers (robustlib.verification.solvers._decide)
+# ---------------------------------------------------------------------------------------------------
+def _end(**kw) -> _RunEnd:
+    base = dict(finished=True, infeasible=False, timed_out=False, dual=-1.0, primal=-1.0, has_primal=True,
+                incumbent=lambda: np.zeros(2), status_label="S", unfinished_detail="S status x",
+                infeasible_detail="S reports infeasible")
+    return _RunEnd(**{**base, **kw})
+
+
+_POINT = torch.zeros(2)
+
+
+@pytest.mark.parametrize("end,replayed_during_search,replays_at_end,expected", [
+    (_end(dual=0.5), True, False, ("counterexample", "")),  # a point replayed during the search wins
+    (_end(infeasible=True, finished=False), False, True, ("unknown", "solver_infeasible")),
+    (_end(dual=0.5, primal=-1.0), False, True, ("excluded", "")),  # proven before the incumbent is looked at
+    (_end(dual=1e-6, primal=-1.0), False, True, ("counterexample", "")),  # dual within tol: the incumbent replays
+    (_end(dual=-1.0, primal=-1.0, finished=False), False, False, ("unknown", "solver_status")),
+    (_end(dual=-1.0, primal=-1.0, timed_out=True), False, False, ("unknown", "timeout")),
+    (_end(dual=-1.0, primal=-1.0), False, False, ("unknown", "no_replay")),
+    (_end(dual=-1.0, primal=-1e-6), False, False, ("unknown", "within_tolerance")),
+    (_end(dual=-1.0, primal=math.inf, has_primal=False), False, True, ("unknown", "within_tolerance")),
+])
+def test_the_decision_on_a_class_is_one_table(end, replayed_during_search, replays_at_end, expected):
+    """The verdict on a class from a solver-neutral end of a solve: the order of the checks (replayed
+    point, infeasible, dual bound above the tolerance, final incumbent, unfinished status, why unknown)."""
+    search = _Search(lambda sol: _POINT if replays_at_end else None, margin_tol=1e-4, stop_early=True)
+    if replayed_during_search:
+        search.point = _POINT
+    out = _decide(end, search, 3)
+    assert (out.status, out.reason) == expected
+    assert (out.point is not None) == (out.status == "counterexample")
+    assert out.detail.startswith("class 3: ")
+
+
+def _replay_in_ball(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float):
+    def replay(sol: np.ndarray) -> torch.Tensor | None:
+        p = _snap_into_ball(sol, x[0], eps)[None]
+        return p[0] if bool(replays(net, p, x, y, eps)[0]) else None
+
+    return replay
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyscipopt") is None,
+                    reason="pyscipopt is not installed: there is no SCIP path to compare with HiGHS")
+def test_highs_and_scip_paths_reach_the_same_verdicts_through_one_decision(monkeypatch):
+    """On the tiny nets of the exhaustive cases, every class solve (with and without early stopping,
+    with a small and a large tolerance) ends with the same status and reason for HiGHS and SCIP, and
+    both adapters hand their end of the solve to the one decision function; so do whole examples."""
+    decided = []
+
+    def spy(end, search, j):
+        decided.append(end.status_label)
+        return _decide(end, search, j)
+
+    monkeypatch.setattr(solvers, "_decide", spy)
+    n_solves, statuses = 0, set()
+    for seed, eps in CASES[:5]:
+        net = _tiny_net(seed)
+        x = torch.rand(3, 2, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            y = net(x).argmax(1)
+        by_solver = {s: verify(net, x, y, eps, attack_steps=0, solver=s, progress=False) for s in SOLVERS}
+        assert [(r.verdict, r.method, r.reason) for r in by_solver["highs"]] == \
+               [(r.verdict, r.method, r.reason) for r in by_solver["scip"]]
+        enc = MILPEncoder(to_sequential(net), (2,))
+        for i in range(3):
+            lo, hi = input_box(x[i:i + 1].double(), eps)
+            with torch.no_grad():
+                _, act = margin_lower_bounds(to_sequential(net), lo, hi, y[i:i + 1], "linear")
+            milp = enc.build(lo[0].numpy(), hi[0].numpy(),
+                             {k: (a[0].flatten().numpy(), c[0].flatten().numpy()) for k, (a, c) in act.items()})
+            replay = _replay_in_ball(net, x[i:i + 1], y[i:i + 1], eps)
+            for j, stop_early, tol in itertools.product(range(3), (True, False), (1e-5, 0.5)):
+                if j == int(y[i]):
+                    continue
+                outs = {s: solve_class(milp, s, int(y[i]), j, 30.0, tol, replay, stop_early=stop_early)
+                        for s in SOLVERS}
+                assert (outs["highs"].status, outs["highs"].reason) == (outs["scip"].status, outs["scip"].reason), outs
+                n_solves += 1
+                statuses.add((outs["highs"].status, outs["highs"].reason))
+    assert {"excluded", "counterexample", "unknown"} <= {s for s, _ in statuses}  # every verdict was compared
+    scip_calls = sum(label.startswith("SCIP ") for label in decided)
+    assert scip_calls >= n_solves and len(decided) - scip_calls >= n_solves
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shards written before the verifier was split into modules (commit 744dfda) still load
+# ---------------------------------------------------------------------------------------------------
+PRE_SPLIT = "744dfda"
+PRE_SPLIT_FILE = "robustlib/verification/milp.py"  # the verifier in one module, before this split
+
+
+def _pre_split_shard_code(root, monkeypatch) -> types.ModuleType:
+    """``VerifyResult``, ``verify_key``, ``_shard_file`` and ``_save_shard`` (with ``_hash_tensor``) as
+    they were in ``PRE_SPLIT_FILE`` at commit ``PRE_SPLIT``, read from git and loaded as a module (the
+    rest of that file imports names that have since moved)."""
+    try:
+        src = subprocess.run(["git", "show", f"{PRE_SPLIT}:{PRE_SPLIT_FILE}"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"the pre-split source ({PRE_SPLIT}) is not available from git here: {err}")
+    wanted = {"VerifyResult", "_hash_tensor", "verify_key", "_shard_file", "_save_shard"}
+    tree = ast.parse(src)
+    future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
+    tree.body = future + [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in wanted]
+    assert {getattr(n, "name", None) for n in tree.body} == wanted | {None}
+    mod = types.ModuleType(f"pre_split_shards_{PRE_SPLIT}")
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    mod.__dict__.update(hashlib=hashlib, json=json, os=os, math=math, Path=Path, torch=torch, nn=nn,
+                        Tensor=torch.Tensor, Sequence=Sequence, dataclass=dataclass, asdict=asdict)
+    exec(compile(tree, f"{PRE_SPLIT}:{PRE_SPLIT_FILE}", "exec", dont_inherit=True), mod.__dict__)
+    return mod
+
+
+def _as_tuple(r) -> tuple:
+    ce = None if r.counterexample is None else r.counterexample.tolist()
+    return (r.verdict, r.seconds, ce, r.unstable, r.stable, r.method, r.detail, repr(r.margin), repr(r.tol), r.reason)
+
+
+def _zip_records(path: Path) -> dict[str, bytes]:
+    """The records of a torch.save zip file, named without the archive's root folder."""
+    with zipfile.ZipFile(path) as z:
+        return {name.split("/", 1)[1]: z.read(name) for name in z.namelist()}
+
+
+def test_shards_written_before_the_split_load_and_keep_their_records(tmp_path, root, monkeypatch):
+    old = _pre_split_shard_code(root, monkeypatch)
+    net = _tiny_net(1)
+    x = torch.rand(4, 2, generator=torch.Generator().manual_seed(1))
+    y = net(x).argmax(1)
+    settings = {"eps": 0.3, "solver_settings": solver_settings("highs")}
+    for ces in ([None] * 4, [None, x[1], None, x[3] + 0.01]):
+        assert old.verify_key(net, x, y, ces, settings) == shards.verify_key(net, x, y, ces, settings)
+    res = verify(net, x, y, 0.3, attack_steps=0, progress=False, shard_dir=tmp_path / "new", shard_size=2)
+    assert {r.verdict for r in res} == {"verified", "falsified"}
+    new_files = sorted((tmp_path / "new").glob("*.pt"))
+    key = torch.load(new_files[0], weights_only=True)["key"]
+    for s in (0, 2):  # the same results, saved by the pre-split code
+        old._save_shard(old._shard_file(tmp_path / "old", key, s), key, s,
+                        [old.VerifyResult(**{f: getattr(r, f) for f in r.__dataclass_fields__}) for r in res[s:s + 2]])
+    old_files = sorted((tmp_path / "old").glob("*.pt"))
+    assert [p.name for p in old_files] == [p.name for p in new_files]
+    for o, n in zip(old_files, new_files, strict=True):
+        # the same records; only the zip's root folder differs (the file's name before, "archive" now)
+        assert _zip_records(o) == _zip_records(n)
+        assert zipfile.ZipFile(n).namelist()[0].startswith("archive/")
+    # a run over the old shards recomputes nothing and returns what they hold
+    monkeypatch.setattr(shards, "verify_one", lambda *a, **k: pytest.fail("recomputed an example a shard holds"))
+    again = verify(net, x, y, 0.3, attack_steps=0, progress=False, shard_dir=tmp_path / "old", shard_size=2)
+    assert [_as_tuple(r) for r in again] == [_as_tuple(r) for r in res]
+    # and a shard's bytes depend on its contents only
+    shards._save_shard(tmp_path / "a.pt", key, 0, res[:2])
+    shards._save_shard(tmp_path / "b" / "c.pt", key, 0, res[:2])
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b" / "c.pt").read_bytes() == new_files[0].read_bytes()

@@ -25,7 +25,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from robustlib.bounds.intervals import input_box, layer_bounds, margin_lower_bounds, margin_tolerance, to_sequential
+from robustlib.bounds.intervals import input_box, layer_bounds, margin_lower_bounds, to_sequential
+from robustlib.bounds.tolerance import margin_tolerance
 from robustlib.threat import ThreatModel
 
 

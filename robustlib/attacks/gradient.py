@@ -18,6 +18,7 @@ from torch import nn
 
 from robustlib.attacks.ascent import SteepestStep, Trace, ball_problem, cross_entropy, maximize
 from robustlib.attacks.common import AttackResult, check_count, check_inputs, check_threat, chunks, eval_mode
+from robustlib.bounds.intervals import to_sequential
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,6 @@ def escape_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     at a point where the logits' input Jacobian is not exactly zero, i.e. gradients could see the
     example."""
     from robustlib.attacks.autoattack import zero_jacobian
-    from robustlib.bounds.intervals import to_sequential
 
     check_inputs(x, y)
     check_threat(threat)

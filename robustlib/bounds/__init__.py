@@ -1,1 +1,1 @@
-"""Sound output bounds of ReLU networks (interval and linear relaxations, Lipschitz constants)."""
+"""Sound output bounds of ReLU networks (layer arithmetic, interval and linear relaxations, tolerance, Lipschitz)."""

@@ -12,12 +12,11 @@ layers are used through ``layer.weight`` (the normalized weight).
   to the input box) for the neurons that are still unstable; the result is intersected with the
   interval bounds, so it is sound and never looser than IBP.
 - ``ibp_certified`` / ``margin_lower_bounds``: certificates of ``z_y - z_j > tol`` with the class
-  difference folded into the last linear layer (tighter than subtracting logit intervals);
-  ``margin_tolerance`` is the tolerance every certificate (IBP, CROWN, MILP) must exceed: an absolute
-  term, a term relative to the logit scale and, optionally, a rigorous bound on float32 evaluation
-  error (``float32_error_bound``).
-- ``lipschitz_upper_bound``: product of per-layer operator norms; ``lipschitz_certified_radius``:
-  margin / (sqrt(2) L) (Tsuzuku et al. 2018, Prop. 1).
+  difference folded into the last linear layer (tighter than subtracting logit intervals), ``tol``
+  being ``robustlib.bounds.tolerance.margin_tolerance``, the tolerance every certificate (IBP, CROWN,
+  MILP) must exceed.
+
+The layer arithmetic lives in ``robustlib.bounds.layers``; Lipschitz bounds in ``robustlib.bounds.lipschitz``.
 
 Bounds hold for exact arithmetic in the dtype of the inputs; the MILP verifier computes them in
 float64 and pads them slightly before using them as big-M constants.
@@ -25,16 +24,16 @@ float64 and pads them slightly before using them as big-M constants.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlib.bounds.layers import _ibp_layer, _pair, _pool_args, _shapes
+from robustlib.bounds.tolerance import MARGIN_ATOL, MARGIN_RTOL, margin_tolerance
 from robustlib.models import Normalize
 from robustlib.threat import NORMS
 
@@ -42,20 +41,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "to_sequential", "check_supported", "interval_bounds", "linear_bounds", "input_box",
-    "margin_lower_bounds", "layer_bounds", "ibp_certified", "lipschitz_bound", "lipschitz_upper_bound",
-    "layer_operator_norm", "conv_l2_norm_bound", "lipschitz_certified_radius", "BOUND_METHODS",
-    "float32_error_bound", "margin_tolerance", "MarginTolerance", "MARGIN_ATOL", "MARGIN_RTOL",
+    "margin_lower_bounds", "layer_bounds", "ibp_certified", "BOUND_METHODS",
 ]
 
 BOUND_METHODS = ("interval", "linear")
-MARGIN_ATOL = 1e-4
-"""Absolute part of the margin a certificate must exceed (logit units)."""
-MARGIN_RTOL = 1e-5
-"""Relative part, times a bound on the largest logit magnitude over the box (the scale of the MILP's
-big-M constants and objective, so it covers the solvers' feasibility tolerances)."""
-FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
 Bounds = list[tuple[Tensor, Tensor]]
-_AFFINE = (Normalize, nn.Flatten, nn.Linear, nn.Conv2d)
 _MAX_SPEC_ELEMENTS = 1 << 22  # memory cap for one back-substitution pass (elements of the spec tensor)
 
 
@@ -120,45 +110,6 @@ def to_sequential(model: nn.Module) -> nn.Sequential:
     return net
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def _pool_args(layer: nn.MaxPool2d) -> tuple[int, int]:
-    return _pair(layer.kernel_size)
-
-
-def _affine(layer: nn.Module, x: Tensor) -> Tensor:
-    """Apply an affine layer (with its bias)."""
-    if isinstance(layer, Normalize):
-        return (x - layer.mean.to(x.dtype)) / layer.std.to(x.dtype)
-    if isinstance(layer, nn.Flatten):
-        return x.flatten(1)
-    if isinstance(layer, nn.Linear):
-        b = layer.bias.to(x.dtype) if layer.bias is not None else None
-        return F.linear(x, layer.weight.to(x.dtype), b)
-    if isinstance(layer, nn.Conv2d):
-        b = layer.bias.to(x.dtype) if layer.bias is not None else None
-        return F.conv2d(x, layer.weight.to(x.dtype), b, layer.stride, layer.padding)
-    raise TypeError(layer)
-
-
-def affine_linear_part(layer: nn.Module, x: Tensor, absolute: bool = False) -> Tensor:
-    """Apply the linear part of an affine layer (no bias): ``W x``, or ``|W| x`` with ``absolute`` (the
-    radius propagation of interval bounds). Normalize's linear part is the division by std."""
-    if isinstance(layer, Normalize):
-        return x / layer.std.to(x.dtype)
-    if isinstance(layer, nn.Flatten):
-        return x.flatten(1)
-    w = layer.weight.to(x.dtype)
-    w = w.abs() if absolute else w
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, w)
-    if isinstance(layer, nn.Conv2d):
-        return F.conv2d(x, w, None, layer.stride, layer.padding)
-    raise TypeError(layer)
-
-
 def _check_box(lower: Tensor, upper: Tensor) -> None:
     if lower.shape != upper.shape:
         raise ValueError(f"lower and upper must have the same shape, got {tuple(lower.shape)} and "
@@ -172,17 +123,6 @@ def _check_box(lower: Tensor, upper: Tensor) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Interval bound propagation
 # ---------------------------------------------------------------------------------------------------
-def _ibp_layer(layer: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    if isinstance(layer, nn.ReLU):
-        return lo.clamp_min(0), hi.clamp_min(0)
-    if isinstance(layer, nn.MaxPool2d):
-        k = _pool_args(layer)
-        return F.max_pool2d(lo, k, k), F.max_pool2d(hi, k, k)
-    c, r = (hi + lo) / 2, (hi - lo) / 2
-    c, r = _affine(layer, c), affine_linear_part(layer, r, absolute=True)
-    return c - r, c + r
-
-
 def interval_bounds(net: nn.Sequential, lower: Tensor, upper: Tensor) -> Bounds:
     """Interval bounds (Gowal et al. 2018, eqs. 6-7) of every ReLU input, then of the logits.
 
@@ -307,17 +247,6 @@ def _crown_neurons(net, stop, neuron_idx, shapes, act_bounds, lower, upper) -> t
         highs.append(-val[:, len(sel):])
     return torch.cat(lows, 1), torch.cat(highs, 1)
 
-
-def _shapes(net: nn.Sequential, x: Tensor) -> list[tuple[int, ...]]:
-    """Per-example input shape of every layer, then the output shape."""
-    shapes = []
-    h = torch.zeros(1, *x.shape[1:], dtype=x.dtype, device=x.device)
-    with torch.no_grad():
-        for layer in net:
-            shapes.append(tuple(h.shape[1:]))
-            h = layer(h) if not isinstance(layer, _AFFINE) else _affine(layer, h)
-    shapes.append(tuple(h.shape[1:]))
-    return shapes
 
 
 def layer_bounds(net: nn.Sequential, lower: Tensor, upper: Tensor, method: str = "linear",
@@ -464,205 +393,3 @@ def ibp_certified(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str 
         tol = margin_tolerance(net, lower, upper, act, margin_atol, margin_rtol, margin_float32).tol
     return (m > tol.unsqueeze(1)).all(1)
 
-
-# ---------------------------------------------------------------------------------------------------
-# Numerical tolerance of a certificate
-# ---------------------------------------------------------------------------------------------------
-@dataclass
-class MarginTolerance:
-    """``tol = atol + rtol * logit_scale (+ 2 * float32_error)`` per example (B,), and its parts."""
-
-    tol: Tensor
-    logit_scale: Tensor  # bound on max_j |z_j| over the box
-    float32_error: Tensor  # bound on max_j |fl32(z_j) - z_j| over the box
-
-
-def _gamma(n: int) -> float:
-    """Higham's gamma_n = n u / (1 - n u) for float32 (u = 2^-24)."""
-    nu = n * FLOAT32_UNIT_ROUNDOFF
-    if nu >= 1:
-        raise ValueError(f"a dot product of length {n} is too long for a float32 error bound")
-    return nu / (1 - nu)
-
-
-@torch.no_grad()
-def float32_error_bound(net: nn.Sequential, lower: Tensor, upper: Tensor,
-                        act_bounds: dict[int, tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
-    """A bound on ``|fl32(z) - z|`` for every logit over the box: the network evaluated in float32 at
-    any float32 point of ``[lower, upper]`` against the same network in exact arithmetic (same float32
-    weights). Returns ``(logit_abs_bound (B, C), error (B, C))``, both float64.
-
-    Forward error analysis (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002, eq. 3.5):
-    an affine output ``w . h + b`` over ``n`` terms computed in float32 in any summation order (blocked,
-    pairwise, with or without FMA) is within ``gamma_{n+1} (|w| . |h| + |b|)`` of its exact value at
-    the float32 inputs ``h``; an input error ``e`` adds ``|w| . e``. ReLU and max-pooling are
-    1-Lipschitz and exact in floating point, so they pass the error on. ``|h|`` is bounded by interval
-    propagation, intersected with ``act_bounds`` (e.g. CROWN bounds of the nonlinear layers' inputs)
-    when given. Direct convolution and GEMM satisfy this; Winograd/FFT convolutions and TF32 or
-    reduced-precision matrix products do not (the verifier replays on the CPU in float32)."""
-    lo, hi = lower.double(), upper.double()
-    err = torch.zeros_like(lo)
-    for i, layer in enumerate(net):
-        if act_bounds is not None and i in act_bounds:
-            al, ah = act_bounds[i]
-            lo, hi = torch.maximum(lo, al.to(lo.dtype).view_as(lo)), torch.minimum(hi, ah.to(hi.dtype).view_as(hi))
-            hi = torch.maximum(hi, lo)
-        mag = torch.maximum(lo.abs(), hi.abs())
-        if isinstance(layer, Normalize):
-            mean, std = layer.mean.to(lo.dtype), layer.std.to(lo.dtype)
-            err = err / std + _gamma(2) * (mag + mean.abs()) / std  # (x - m) / s: two roundings
-        elif isinstance(layer, nn.Linear):
-            bias = layer.bias.detach().to(lo.dtype).abs() if layer.bias is not None else 0.0
-            g = _gamma(layer.in_features + 1)
-            err = affine_linear_part(layer, err, absolute=True) + g * (
-                affine_linear_part(layer, mag + err, absolute=True) + bias)
-        elif isinstance(layer, nn.Conv2d):
-            kh, kw = _pair(layer.kernel_size)
-            g = _gamma(layer.in_channels * kh * kw + 1)
-            bias = layer.bias.detach().to(lo.dtype).abs().view(1, -1, 1, 1) if layer.bias is not None else 0.0
-            err = affine_linear_part(layer, err, absolute=True) + g * (
-                affine_linear_part(layer, mag + err, absolute=True) + bias)
-        elif isinstance(layer, nn.Flatten):
-            err = err.flatten(1)
-        elif isinstance(layer, nn.MaxPool2d):
-            k = _pool_args(layer)
-            err = F.max_pool2d(err, k, k)
-        lo, hi = _ibp_layer(layer, lo, hi)
-    mag = torch.maximum(lo.abs(), hi.abs())
-    return mag * (1 + 1e-9), err * (1 + 1e-6)  # float64 rounding of the bounds themselves
-
-
-@torch.no_grad()
-def margin_tolerance(net: nn.Sequential, lower: Tensor, upper: Tensor,
-                     act_bounds: dict[int, tuple[Tensor, Tensor]] | None = None,
-                     atol: float = MARGIN_ATOL, rtol: float = MARGIN_RTOL, float32: bool = False) -> MarginTolerance:
-    """The margin a proven lower bound of ``min_j z_y - z_j`` must exceed before an example is called
-    verified (by a bound or by the MILP): ``atol + rtol * S`` per example, with ``S`` a bound on the
-    largest logit magnitude over the box; with ``float32=True`` also ``+ 2 E``, ``E`` being
-    ``float32_error_bound``'s rigorous bound on the float32 evaluation error of any logit (a margin
-    above ``2 E`` keeps the float32 network's argmax at every float32 point of the box).
-
-    Why these terms: the solvers' feasibility and optimality tolerances (``verify.HIGHS_OPTIONS``,
-    ``SCIP_PARAMS``: 1e-6 to 1e-7) are absolute or scaled by the problem's coefficients, whose size is
-    that of the big-M constants, i.e. of ``S``; float32 evaluation of a logit errs by about
-    ``sqrt(n) u |w| |h|`` in practice (u = 6e-8; measured ~1e-6 relative on SmallCNN), so
-    ``rtol = 1e-5`` (10x that) and ``atol = 1e-4`` cover both with room. The rigorous worst-case bound
-    ``E`` (``n u`` per dot product, amplified by every layer's ``|W|``) is 10^4-10^5 times the observed
-    error: on an MNIST SmallCNN it is 0.1-0.3 logits, so it is opt-in (``verify.margin_float32``)."""
-    if not (atol >= 0 and rtol >= 0 and math.isfinite(atol) and math.isfinite(rtol)):
-        raise ValueError(f"margin tolerances must be finite and >= 0, got atol={atol!r}, rtol={rtol!r}")
-    mag, err = float32_error_bound(net, lower, upper, act_bounds)
-    scale, e = mag.flatten(1).amax(1), err.flatten(1).amax(1)
-    return MarginTolerance(atol + rtol * scale + (2 * e if float32 else 0.0), scale, e)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Lipschitz bounds
-# ---------------------------------------------------------------------------------------------------
-def _default_input_shape(model: nn.Module) -> tuple[int, int, int] | None:
-    arch = getattr(model, "arch", None)
-    cls = model.__class__
-    if not hasattr(model, "as_sequential"):
-        return None
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return None
-    kwargs = arch.get("kwargs", {}) if isinstance(arch, dict) else {}
-    c = kwargs.get("in_channels", params["in_channels"].default if "in_channels" in params else None)
-    s = kwargs.get("image_size", params["image_size"].default if "image_size" in params else None)
-    if c is None or s is None or c is inspect.Parameter.empty or s is inspect.Parameter.empty:
-        return None
-    return int(c), int(s), int(s)
-
-
-def conv_l2_norm_bound(conv: nn.Conv2d, in_shape: tuple[int, ...]) -> Tensor:
-    """Sound upper bound on the L2 operator norm of a zero-padded (possibly strided) convolution.
-
-    The padded convolution on an (H, W) input equals a restriction of the circular convolution on the
-    (H + 2p_h, W + 2p_w) grid (embed the input, keep the output rows it computes, keep every
-    stride-th one); restricting rows and columns never raises the spectral norm. The circular
-    convolution's norm is exact in closed form: the largest singular value over all 2-D DFT
-    frequencies of the (C_out, C_in) kernel transform (Sedghi, Gupta & Long 2019, Thm. 6).
-    Differentiable w.r.t. the weight.
-    """
-    if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
-        raise ValueError("conv_l2_norm_bound supports groups=1, dilation=1, zero padding only")
-    if isinstance(conv.padding, str):
-        raise ValueError("conv_l2_norm_bound needs numeric padding")
-    W = conv.weight
-    n_h, n_w = in_shape[-2] + 2 * conv.padding[0], in_shape[-1] + 2 * conv.padding[1]
-    if W.shape[2] > n_h or W.shape[3] > n_w:
-        raise ValueError(f"kernel {tuple(W.shape[2:])} larger than the padded input ({n_h}, {n_w})")
-    spectrum = torch.fft.fft2(W, s=(n_h, n_w))  # (C_out, C_in, n_h, n_w)
-    per_freq = spectrum.permute(2, 3, 0, 1).reshape(n_h * n_w, W.shape[0], W.shape[1])
-    return torch.linalg.svdvals(per_freq)[:, 0].max()
-
-
-def layer_operator_norm(layer: nn.Module, in_shape: tuple[int, ...], norm: str = "l2") -> Tensor:
-    """Upper bound on the operator norm of one layer (a map on inputs of per-example shape ``in_shape``).
-
-    L2: Linear exactly (largest singular value); Conv2d by ``conv_l2_norm_bound``. L-inf: the induced
-    norm (max absolute row sum; for convolutions an upper bound, exact when some output sees a full
-    window). Normalize: 1/min(std); ReLU, Flatten, MaxPool2d (kernel == stride): 1. Differentiable
-    w.r.t. the weights.
-    """
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
-    one = torch.ones(())
-    if isinstance(layer, (nn.ReLU, nn.Flatten, nn.MaxPool2d)):
-        return one
-    if isinstance(layer, Normalize):
-        return 1.0 / layer.std.min()
-    W = layer.weight
-    if isinstance(layer, nn.Linear):
-        if norm == "l2":
-            return torch.linalg.matrix_norm(W, ord=2)
-        return W.abs().sum(1).max()
-    if isinstance(layer, nn.Conv2d):
-        if norm == "linf":
-            return W.abs().flatten(1).sum(1).max()
-        return conv_l2_norm_bound(layer, in_shape)
-    raise ValueError(f"no operator norm for {layer.__class__.__name__}")
-
-
-def lipschitz_bound(model: nn.Module, norm: str = "l2", input_shape: tuple[int, ...] | None = None) -> Tensor:
-    """Product of per-layer operator norms (``layer_operator_norm``): a Lipschitz bound of the
-    network w.r.t. ``norm`` on inputs and outputs, as a tensor differentiable w.r.t. the weights.
-
-    ``input_shape`` (C, H, W) is needed for convolutions; robustlib models supply it themselves.
-    """
-    net = to_sequential(model)
-    if input_shape is None:
-        input_shape = _default_input_shape(model)
-    if input_shape is None:
-        first = next((m for m in net if isinstance(m, (nn.Linear, nn.Conv2d))), None)
-        if isinstance(first, nn.Linear) and not any(isinstance(m, nn.Conv2d) for m in net):
-            input_shape = (first.in_features,)
-        else:
-            raise ValueError("lipschitz_bound needs input_shape=(C, H, W) for a network with convolutions")
-    ref = next(iter(net.parameters()))
-    shapes = _shapes(net, torch.zeros(1, *input_shape, dtype=ref.dtype, device=ref.device))
-    total = torch.ones((), dtype=ref.dtype)
-    for layer, shape in zip(net, shapes, strict=False):
-        total = total * layer_operator_norm(layer, shape, norm).to(ref.dtype)
-    return total
-
-
-def lipschitz_upper_bound(model: nn.Module, norm: str = "l2", input_shape: tuple[int, ...] | None = None) -> float:
-    """``lipschitz_bound`` as a float (no gradient): a sound Lipschitz constant of the logits."""
-    with torch.no_grad():
-        return float(lipschitz_bound(model, norm, input_shape))
-
-
-def lipschitz_certified_radius(logits: Tensor, y: Tensor, L: float | Tensor) -> Tensor:
-    """Certified L2 radius ``max(margin, 0) / (sqrt(2) L)`` (Tsuzuku et al. 2018), where
-    ``margin = z_y - max_{j != y} z_j`` and ``L`` is an L2 Lipschitz bound of the logits."""
-    L = torch.as_tensor(L, dtype=logits.dtype)
-    if not bool(torch.isfinite(L)) or float(L) <= 0:
-        raise ValueError(f"L must be a finite positive number, got {float(L)}")
-    if logits.dim() != 2 or y.shape != (logits.shape[0],):
-        raise ValueError(f"logits must be (B, C) and y (B,), got {tuple(logits.shape)} and {tuple(y.shape)}")
-    zy = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return (zy - other).clamp_min(0) / (math.sqrt(2.0) * L)

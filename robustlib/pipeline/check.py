@@ -21,7 +21,7 @@ from robustlib.bounds.intervals import BOUND_METHODS
 from robustlib.data.datasets import MissingDataError, check_files, dataset_info
 from robustlib.models import MODELS
 from robustlib.pipeline.params import ParamsError, all_runs, lpips_config, run_config
-from robustlib.verification.milp import SOLVERS
+from robustlib.verification.solvers import SOLVERS
 
 Check = Callable[[Any], str | None]  # a value -> None if allowed, else what is allowed
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from robustlib.pipeline import sweeps
+
 logger = logging.getLogger(__name__)
 
 PROFILES_DIR = "profiles"
@@ -47,6 +49,8 @@ SCHEMA: dict[str, set[str]] = {
     "laplacian": {"sparse_run", "dense_run", "fraction"},
     "lpips": set(),  # filled lazily with TrainConfig's fields (the LPIPS network's training, lpips stage)
     "report": {"curve_metrics"},
+    "sweeps": set(),  # weight sweeps by name (robustlib.pipeline.sweeps; not inherited through `extends`)
+    "sweep_cells": set(),  # their cells: written by `use` (sweeps.expand), checked here
 }
 REQUIRED = ("base", "data", "train", "runs", "run_names", "attack", "verify", "ablations", "laplacian")
 
@@ -81,6 +85,8 @@ def load(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"params file {path} does not exist")
     params = _resolve(path, yaml.safe_load(path.read_text()) or {})
     params.setdefault("run_names", all_runs(params))  # profiles leave it implicit; params.yaml spells it out
+    params.setdefault("sweeps", {})
+    params.setdefault("sweep_cells", sweeps.expand(params))
     validate(params)
     return params
 
@@ -94,7 +100,8 @@ def _resolve(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     if not base_path.exists():
         raise ParamsError(f"{path.name}: extends unknown profile {parent!r}")
     base = _resolve(base_path, yaml.safe_load(base_path.read_text()) or {})
-    base.pop("run_names", None)
+    for derived in ("run_names", "sweeps", "sweep_cells"):  # a profile's sweeps are its own (robustlib.pipeline.sweeps)
+        base.pop(derived, None)
     return _merge(base, raw)
 
 
@@ -115,7 +122,7 @@ def validate(params: Mapping[str, Any]) -> None:
         if not isinstance(body, list if section == "run_names" else Mapping):
             raise ParamsError(f"params section {section!r} must be a {'list' if section == 'run_names' else 'mapping'}")
         allowed = train_keys if section in ("train", "lpips") else SCHEMA[section]
-        if section not in ("runs", "finetunes", "run_names"):
+        if section not in ("runs", "finetunes", "run_names", "sweeps", "sweep_cells"):
             bad = sorted(set(body) - allowed)
             if bad:
                 raise ParamsError(f"params key(s) {[f'{section}.{b}' for b in bad]} read by no stage; "
@@ -154,13 +161,10 @@ def validate(params: Mapping[str, Any]) -> None:
     unknown = sorted(set(named) - set(all_runs(params)))
     if unknown:
         raise ParamsError(f"verify/ablations/laplacian name unknown runs {unknown}; runs: {all_runs(params)}")
+    sweeps.validate(params)
 
 
 def _validate_verify(vp: Mapping[str, Any]) -> None:
-    from robustlib.verification.milp import SOLVERS
-
-    if "solver" in vp and vp["solver"] not in SOLVERS:
-        raise ParamsError(f"verify.solver must be one of {list(SOLVERS)}, got {vp['solver']!r}")
     for key, lo in (("shard_size", 1), ("processes", 1), ("n_test", 1)):
         if key in vp and not (isinstance(vp[key], int) and vp[key] >= lo):
             raise ParamsError(f"verify.{key} must be an integer >= {lo}, got {vp[key]!r}")
@@ -236,6 +240,8 @@ def use_profile(name: str, root: str | Path | None = None) -> Path:
     params = _resolve(src, raw)
     params["base"]["profile"] = name
     params["run_names"] = all_runs(params)
+    params["sweeps"] = params.get("sweeps") or {}
+    params["sweep_cells"] = sweeps.expand(params)
     validate(params)
     out = root / "params.yaml"
     out.write_text(GENERATED_HEADER.format(name=name) + yaml.safe_dump(params, sort_keys=False))

@@ -85,7 +85,7 @@ class LipschitzMargin(Term):
         self.radius = None if radius is None else float(radius)
 
     def lipschitz(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        from robustlib.bounds.intervals import lipschitz_bound
+        from robustlib.bounds.lipschitz import lipschitz_bound
 
         L = lipschitz_bound(model, "l2", input_shape=tuple(x.shape[1:]))
         return L.detach() if self.detach_bound else L

@@ -17,6 +17,7 @@ from robustlib.pipeline import paths, provenance
 from robustlib.pipeline.io import atomic_write, read_json
 from robustlib.pipeline.params import all_runs
 from robustlib.reporting import paper
+from robustlib.reporting.sweep import sweep_sections
 from robustlib.reporting.tables import (
     attack_table,
     describe_objective,
@@ -270,6 +271,7 @@ def _report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_tr
     lines += beside("table3")
     lines += _section("Regularization-strength sweep", t_in / "ablation_sweep.md", inp)
     lines += [f"![sweep]({f_in}/ablation_sweep.png)", ""]
+    lines += sweep_sections(inp, f_in, Path(os.path.relpath(t_in, out)).as_posix())  # weight sweeps (metrics/sweep/)
     lines += _section("Table 4 analog: sparse vs dense Laplacian regularizer", t_in / "laplacian_table4.md", inp)
     lines += beside("table4")
     stats = t_in / "neighbour_stats.json"

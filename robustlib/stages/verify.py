@@ -1,7 +1,7 @@
 """The verify stage: IBP certified accuracy and (for spectral-norm runs) Lipschitz certificates for
 every run; complete MILP verification (Tjeng et al. 2019) for the runs listed in
 ``verify.milp_runs``, cheapest first (attack counterexamples, then bounds, then the MILP), with the
-numerical tolerance of ``robustlib.bounds.intervals.margin_tolerance`` and the solver ``verify.solver``.
+numerical tolerance of ``robustlib.bounds.tolerance.margin_tolerance`` and the solver ``verify.solver``.
 
 What a reader of the paper's Table 2 needs, per MILP run and eps, on the same examples: verified,
 PGD-robust, AutoAttack-robust (worst case with PGD; AutoAttack at that eps on the PGD-robust examples
@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from robustlib.attacks import autoattack, pgd
-from robustlib.bounds.intervals import ibp_certified, lipschitz_certified_radius, lipschitz_upper_bound
+from robustlib.bounds.intervals import ibp_certified
+from robustlib.bounds.lipschitz import lipschitz_certified_radius, lipschitz_upper_bound
 from robustlib.evaluation.checks import SanityCheckError
 from robustlib.evaluation.schema import INDEX, flags, load_results, robust, worst
 from robustlib.evaluation.worst_case import evaluate_attacks
@@ -41,7 +42,9 @@ from robustlib.pipeline.parallel import Background
 from robustlib.pipeline.params import all_runs, has_run
 from robustlib.stages.common import setup, test_examples
 from robustlib.threat import ThreatModel
-from robustlib.verification.milp import solver_settings, summarize, verify
+from robustlib.verification.cascade import summarize
+from robustlib.verification.shards import verify
+from robustlib.verification.solvers import solver_settings
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,11 @@ Determinism: the model is initialized from ``seed``; every random draw of epoch 
 augmentation, the random corners rho, attack starts) comes from a generator seeded by
 ``(seed, e)``. Resuming therefore needs only the weights, the optimizer state and the epoch, and a
 run killed and resumed ends with the same weights as an uninterrupted one.
+
+Diagnostics and collapse (``robustlib.training.diagnostics``): after every epoch, a run with a paper regularizer
+(or ``diagnostics: true``) records the diagnostics of one fixed probe batch (the first 128 validation images) in
+its history, without changing training; ``stop_on_collapse: N`` stops a run whose predictions on that batch were
+one class for N consecutive epochs (``TrainResult.collapsed_epoch``: the first epoch of that streak).
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ from robustlib.models import build_model
 from robustlib.pipeline.io import save_torch
 from robustlib.regularizers import Ramp, StepContext, build_objective
 from robustlib.threat import ThreatModel
+from robustlib.training.diagnostics import (
+    PROBE_SIZE,
+    constant_streak,
+    epoch_diagnostics,
+    probe_classes,
+    wants_diagnostics,
+)
 from robustlib.training.schedules import PAPER_LR_KNOTS, EpsRamp, piecewise_linear
 
 logger = logging.getLogger(__name__)
@@ -64,6 +76,10 @@ class TrainConfig:
     augment: str = "none"
     seed: int = 0
     init_from: str | None = None
+    # added after runs were committed: left out of ``record()`` (and so of ``key()`` and the checkpoint's config)
+    # at their defaults, so the committed runs' resume keys and model files are unchanged
+    diagnostics: bool | None = None  # per-epoch probe diagnostics; None: on iff the objective has a paper term
+    stop_on_collapse: int = 0  # stop after this many consecutive epochs of one predicted class on the probe; 0: never
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -71,15 +87,40 @@ class TrainConfig:
         if self.lr < 0 or self.weight_decay < 0 or not (0 <= self.momentum < 1):
             raise ValueError(f"impossible optimizer settings lr={self.lr}, weight_decay={self.weight_decay}, "
                              f"momentum={self.momentum}")
+        if not (isinstance(self.stop_on_collapse, int) and not isinstance(self.stop_on_collapse, bool)
+                and self.stop_on_collapse >= 0):
+            raise ValueError(f"stop_on_collapse must be an integer >= 0 (0: never), got {self.stop_on_collapse!r}")
+        if self.diagnostics not in (None, True, False):
+            raise ValueError(f"diagnostics must be true, false or null (auto), got {self.diagnostics!r}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {self.augment!r}; expected one of {AUGMENTATIONS}")
         ThreatModel(self.norm, self.eps)  # validates norm and eps
         EpsRamp(**self.eps_ramp) if self.eps_ramp else None
         build_objective(self.objective, self.gamma_ramp)  # validates term names and options
 
+    def record(self) -> dict[str, Any]:
+        """The configuration as a plain dict (saved with the model), without the later-added options that are
+        at their defaults (``_LATER_DEFAULTS``): a configuration that does not use them records as before."""
+        out = asdict(self)
+        for k, default in _LATER_DEFAULTS.items():
+            if out[k] == default:
+                del out[k]
+        return out
+
     def key(self) -> str:
-        """A hash of the configuration: a resume checkpoint is only used by the same configuration."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of the configuration: a resume checkpoint is only used by the same configuration.
+        ``diagnostics`` is left out: it cannot change training."""
+        rec = self.record()
+        rec.pop("diagnostics", None)
+        return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def records_diagnostics(self) -> bool:
+        """Whether this run records the per-epoch probe diagnostics."""
+        return wants_diagnostics(self.objective) if self.diagnostics is None else bool(self.diagnostics)
+
+
+_LATER_DEFAULTS: dict[str, Any] = {"diagnostics": None, "stop_on_collapse": 0}
 
 
 @dataclass
@@ -88,6 +129,7 @@ class TrainResult:
     history: list[dict[str, float]]
     train_seconds: float
     resumed_from_epoch: int = 0
+    collapsed_epoch: int | None = None  # stop_on_collapse: the first epoch of the streak of constant predictions
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -141,7 +183,11 @@ def train(cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
         else:
             logger.warning("ignoring %s: it belongs to a different configuration", resume_path)
 
-    for epoch in range(start_epoch, cfg.epochs):
+    x_probe, y_probe = x_val[:PROBE_SIZE].to(device), y_val[:PROBE_SIZE].to(device)
+    if (cfg.records_diagnostics or cfg.stop_on_collapse) and not len(y_probe):
+        logger.warning("no validation images: no probe diagnostics and no collapse detection")
+    collapsed = _collapse_start(history, cfg.stop_on_collapse)  # a resumed run that had already collapsed
+    for epoch in range(start_epoch, cfg.epochs if collapsed is None else start_epoch):
         gen = epoch_generator(cfg.seed, epoch)
         model.train()
         sums: dict[str, float] = {}
@@ -190,14 +236,31 @@ def train(cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
         if correct or "clean" in ctx.logits:
             row["train_acc"] = correct / seen
         row["val_acc"] = accuracy(model, x_val.to(device), y_val.to(device)) if len(y_val) else float("nan")
+        if len(y_probe) and cfg.records_diagnostics:
+            row.update(epoch_diagnostics(model, objective, x_probe, y_probe, eps, cfg.norm, frac,
+                                         eps_ramp.fraction(frac) if eps_ramp else 1.0, cfg.seed))
+        elif len(y_probe) and cfg.stop_on_collapse:
+            row["probe_classes"] = probe_classes(model, x_probe)
         history.append(row)
         logger.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, {k: round(v, 4) for k, v in row.items()})
         if resume_path is not None:
             save_torch({"key": cfg.key(), "epoch": epoch + 1, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "history": history, "seconds": train_seconds},
                        resume_path)
+        collapsed = _collapse_start(history, cfg.stop_on_collapse)
+        if collapsed is not None:
+            logger.warning("stopping after epoch %d: the model has predicted one class on the probe batch since "
+                           "epoch %d (stop_on_collapse %d)", epoch + 1, collapsed, cfg.stop_on_collapse)
+            break
     model.eval()
-    return TrainResult(model, history, train_seconds, start_epoch)
+    return TrainResult(model, history, train_seconds, start_epoch, collapsed)
+
+
+def _collapse_start(history: list[dict[str, float]], patience: int) -> int | None:
+    """With ``patience`` > 0: the first epoch of the streak of constant probe predictions ending at the last epoch,
+    if that streak is ``patience`` epochs or longer; else None."""
+    streak = constant_streak(history)
+    return len(history) - streak + 1 if patience and streak >= patience else None
 
 
 def config_from_mapping(spec: Mapping[str, Any]) -> TrainConfig:
