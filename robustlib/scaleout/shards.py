@@ -2,7 +2,7 @@
 several workers compute before the stage runs; the stage then only loads and merges them.
 
 The verify stage (``robustlib.stages.verify``) passes ``shard_dir=runs/<run>/verify_shards/eps_<eps>``
-to ``robustlib.verification.milp.verify``, which saves its results per block of ``verify.shard_size`` examples
+to ``robustlib.verification.shards.verify``, which saves its results per block of ``verify.shard_size`` examples
 under a hash of the whole computation (``verify_key``: weights, examples, PGD counterexamples,
 settings) and loads every block whose file is there. A shard task builds the stage's inputs with the
 stage's own functions (``setup``, ``test_examples``, the seeded ``pgd``), computes its block with the
@@ -53,7 +53,8 @@ def plan_shards(params: Mapping[str, Any], run: str) -> list[Shard]:
 def shard_key(model, x, y, counterexamples, eps: float, vp: Mapping[str, Any], seed: int) -> str:
     """The hash under which ``verify`` saves and looks up the stage's shards: the same settings that
     ``verify`` hashes, from the arguments the verify stage passes (``attack_steps`` at ``verify``'s default)."""
-    from robustlib.verification.milp import solver_settings, verify, verify_key
+    from robustlib.verification.shards import verify, verify_key
+    from robustlib.verification.solvers import solver_settings
 
     attack_steps = inspect.signature(verify).parameters["attack_steps"].default
     solver = str(vp["solver"])
@@ -69,7 +70,7 @@ def compute_block(model, x, y, counterexamples, eps: float, vp: Mapping[str, Any
                   shard_dir: Path, processes: int = 1) -> Path | None:
     """Compute and save the block of examples starting at ``start`` as ``verify`` would save it (the
     file, and ``None`` when ``start`` lies past the last example)."""
-    from robustlib.verification.milp import _save_shard, _shard_file, verify
+    from robustlib.verification.shards import _save_shard, _shard_file, verify
 
     n, size = len(y), int(vp["shard_size"])
     if start >= n:
