@@ -15,23 +15,29 @@ import argparse
 import platform
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
-from robustlib.attacks import autoattack, pgd
+from robustlib.attacks.autoattack import SQUARE_QUERIES
+from robustlib.attacks.common import NotApplicable
+from robustlib.attacks.gradient import pgd
 from robustlib.data.datasets import load_split
 from robustlib.evaluation import schema
+from robustlib.evaluation.curves import robustness_curves  # the attack stage's own curve computation
+from robustlib.evaluation.suite import CURVE_AUTOATTACK, CurveSettings, autoattack_in, perceptual_attacks
 from robustlib.evaluation.worst_case import evaluate_attacks
-from robustlib.evaluation.worst_case import (
-    robustness_curves as stage_curves,  # the attack stage's own curve computation
-)
 from robustlib.pipeline.io import load_model, write_json
 from robustlib.pipeline.parallel import Background
+from robustlib.pipeline.params import load as load_params
 from robustlib.threat import ThreatModel
 
 RESULTS = Path(__file__).parent / "results"
+PERCEPTUAL_PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "cifar10-cpu.yaml"
+"""Its ``attack.perceptual``: every perceptual attack at Laidlaw et al. 2021's CIFAR-10 budget."""
+AUTOATTACK = {"autoattack_version": "standard", "batch_size": 500, "square_escalation": 2,
+              "square_queries": SQUARE_QUERIES}
+"""AutoAttack's settings here (as attack params): ``robustlib.attacks.autoattack.autoattack``'s defaults."""
 
 
 def _acc(model, x, y):
@@ -43,27 +49,24 @@ def perceptual_speed(model, x, y, lpips_path: Path, n: int) -> dict:
     """Seconds of each perceptual attack (the attack stage's settings: budgets of Laidlaw et al. 2021,
     their iterations) on the first ``n`` points, one thread, and the accuracy it leaves; ReColorAdv is
     n/a on grayscale data. The NPTM attacks use the lpips stage's network at ``lpips_path``."""
-    from robustlib.attacks import NotApplicable
-    from robustlib.attacks.perceptual import NEEDS_LPIPS, PERCEPTUAL_ATTACKS
-
-    budgets = {"stadv": 0.05, "recoloradv": 0.06, "jpeg": 0.25, "lpa": 0.5, "ppgd": 0.5}
+    budgets = load_params(PERCEPTUAL_PROFILE)["attack"]["perceptual"]
     lpips_net = load_model(lpips_path) if lpips_path.exists() else None
     out = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the attack stage's worker processes
     try:
-        for name, attack in PERCEPTUAL_ATTACKS.items():
-            kw = {"eps": budgets[name], **({"lpips_net": lpips_net} if name in NEEDS_LPIPS else {})}
+        for attack in perceptual_attacks(budgets, lpips_net):
             torch.manual_seed(0)
             t0 = time.perf_counter()
             try:
-                adv = attack(model, x[:n], y[:n], **kw).points
+                adv = attack(model, x[:n], y[:n]).points
             except NotApplicable as err:
-                out[name] = {"not_applicable": str(err)}
+                out[attack.name] = {"not_applicable": str(err)}
                 continue
             dt = time.perf_counter() - t0
-            out[name] = {"seconds": dt, "seconds_per_100": 100 * dt / n, "acc": _acc(model, adv, y[:n])}
-            print(f"  {name:11s} {dt:7.1f} s on {n} points, accuracy left {out[name]['acc']:.3f}", flush=True)
+            out[attack.name] = {"seconds": dt, "seconds_per_100": 100 * dt / n, "acc": _acc(model, adv, y[:n])}
+            print(f"  {attack.name:11s} {dt:7.1f} s on {n} points, accuracy left {out[attack.name]['acc']:.3f}",
+                  flush=True)
     finally:
         torch.set_num_threads(threads)
     return out
@@ -75,8 +78,8 @@ def iteration_speed(model, x, y, eps: float, steps: int, repeats: int = 3) -> di
     ``iters_per_s`` = steps / wall time (what a user waits for; robustlib stops attacking examples
     once fooled); ``example_steps_per_s`` = gradient steps actually executed per example per second
     (robustlib counts its shrinking active set; the others attack every example every step)."""
-    import torchattacks
-    from pyautoattack.autopgd_base import APGDAttack
+    import torchattacks  # torchattacks: the reference PGD, installed for the tests and this benchmark only
+    from pyautoattack.autopgd_base import APGDAttack  # pyautoattack: loaded only when AutoAttack runs elsewhere
 
     n = len(y)
     out = {}
@@ -148,20 +151,18 @@ def main(argv: list[str] | None = None) -> None:
     # forked workers, the PGD curves in a third alongside them (robustlib.pipeline.parallel).
     grids = {"linf": [float(e) for e in args.linf_grid.split(",")], "l2": [float(e) for e in args.l2_grid.split(",")]}
     t_all = time.perf_counter()
-    background = Background(stage_curves, model, x, y, grids, 20, 10, 0, 500, enabled=args.processes > 1)
+    curve_settings = CurveSettings(len(y), grids, 20, 10, 0, 500)
+    background = Background(robustness_curves, model, x, y, curve_settings, enabled=args.processes > 1)
     timings, curves = {}, []
     if not args.skip_autoattack:
-        eps_aa = {"linf": 0.3, "l2": 2.0}
-        aa = {f"autoattack_{norm}": partial(autoattack, threat=ThreatModel(norm, eps)) for norm, eps in eps_aa.items()}
-        table = evaluate_attacks(model, x, y, aa, processes=args.processes)
-        for name in aa:
-            timings[name] = table.attrs["seconds"][name]
-            norm = name.removeprefix("autoattack_")
-            eps = eps_aa[norm]
-            curves.append({"norm": norm, "eps": eps, "attack": "autoattack",
-                           "robust_acc": float(table[schema.robust(name)].mean())})
-            print(f"AutoAttack {norm} eps={eps}: {timings[name]:.1f} s, robust acc {curves[-1]['robust_acc']:.4f}",
-                  flush=True)
+        aa = [autoattack_in(AUTOATTACK, 0, ThreatModel(norm, eps)) for norm, eps in (("linf", 0.3), ("l2", 2.0))]
+        table = evaluate_attacks(model, x, y, {a.name: a for a in aa}, processes=args.processes)
+        for a in aa:
+            timings[a.name] = table.attrs["seconds"][a.name]
+            curves.append(schema.curve_row(a.threat.norm, a.threat.eps, CURVE_AUTOATTACK,
+                                           float(table[schema.robust(a.name)].mean())))
+            print(f"AutoAttack {a.threat.norm} eps={a.threat.eps}: {timings[a.name]:.1f} s, robust acc "
+                  f"{curves[-1][schema.ROBUST_ACC]:.4f}", flush=True)
     t0 = time.perf_counter()
     curve = background.result()
     timings["pgd_curves_wait_after_autoattack"] = time.perf_counter() - t0
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "| evaluation part | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     lines += ["", "| norm | eps | attack | robust acc |", "|---|---|---|---|"]
-    lines += [f"| {c['norm']} | {c['eps']} | {c['attack']} | {c['robust_acc']:.4f} |" for c in curves]
+    lines += [f"| {c[schema.NORM]} | {c[schema.EPS]} | {c[schema.ATTACK]} | {c[schema.ROBUST_ACC]:.4f} |"
+              for c in curves]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / args.name}.json and .md")
 

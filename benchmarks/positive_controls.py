@@ -31,9 +31,11 @@ import torch
 import yaml
 
 from robustlib.evaluation.schema import load_results, robust
-from robustlib.pipeline.io import write_json
+from robustlib.pipeline import paths
+from robustlib.pipeline.io import read_json, write_json
 from robustlib.pipeline.params import load as load_params
 from robustlib.pipeline.params import project_root
+from robustlib.stages import attack, lpips, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,8 +60,6 @@ def main(argv: list[str] | None = None) -> dict:
                    help="reuse the trained models (classifier, LPIPS network) found in the run directory")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from robustlib.stages import attack, lpips, train
-
     root = project_root()
     params = load_params(root / "profiles" / "cifar10-cpu.yaml")
     params["base"]["profile"] = "cifar10-cpu (positive controls)"
@@ -92,9 +92,6 @@ def main(argv: list[str] | None = None) -> dict:
     (root / pfile).write_text(yaml.safe_dump(params, sort_keys=False))
 
     t0 = time.perf_counter()
-    from robustlib.pipeline import paths
-    from robustlib.pipeline.io import read_json
-
     done = args.reuse and paths.model_path(root / out, "standard").exists()
     tm = read_json(paths.train_metrics_path(root / out, "standard")) if done else \
         train.run("standard", str(pfile), str(out), progress=False)

@@ -43,7 +43,7 @@ NOTEBOOKS = {
                       "pd.Series(metrics, name=run).to_frame()"),
         new_code_cell("from pathlib import Path\n\nfrom robustlib.pipeline import paths\n"
                       "from robustlib.pipeline.params import project_root\n"
-                      "from robustlib.reporting.tables import learning_curves_figure\n\n"
+                      "from robustlib.reporting.plots import learning_curves_figure\n\n"
                       "out = project_root() / output_root\n"
                       "curve = pd.read_csv(paths.train_curve_path(out, run))\n"
                       "learning_curves_figure({run: curve}, ['train_loss', 'val_acc']);"),
@@ -81,9 +81,10 @@ NOTEBOOKS = {
         new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import attack as stage"),
         new_code_cell("metrics = stage.run(run, params_file, output_root)\n"
                       "pd.Series({k: v for k, v in metrics.items() if k.endswith('_acc')}, name=run).to_frame()"),
-        new_code_cell("from robustlib.pipeline import paths\nfrom robustlib.pipeline.params import project_root\n"
-                      "from robustlib.reporting.tables import robustness_curves_figure\n\n"
-                      "robustness_curves_figure({run: pd.read_csv(paths.attack_curve_path("
+        new_code_cell("from robustlib.evaluation.schema import load_curve\nfrom robustlib.pipeline import paths\n"
+                      "from robustlib.pipeline.params import project_root\n"
+                      "from robustlib.reporting.curves import robustness_curves_figure\n\n"
+                      "robustness_curves_figure({run: load_curve(paths.attack_curve_path("
                       "project_root() / output_root, run))});"),
     ],
     "30_verify.ipynb": [
@@ -126,7 +127,7 @@ NOTEBOOKS = {
                       'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
                       + OUT + '; its cells must have been trained and evaluated there',
                       metadata={"tags": ["parameters"]}),
-        new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import sweep as stage"),
+        new_code_cell(SETUP + "\n\nimport pandas as pd\n\nfrom robustlib.stages import sweep_select as stage"),
         new_code_cell("selection = stage.select(sweep, params_file, output_root)\n"
                       "print('selected:', selection['selected'])\npd.DataFrame(selection['cells'])"),
     ],
@@ -138,7 +139,7 @@ NOTEBOOKS = {
         new_code_cell(CROSS_RUN + '\nsweep: str = "smoke"  # a sweep name of sweeps',
                       metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + "\n\nfrom IPython.display import Image, display\n\n"
-                      "from robustlib.stages import sweep as stage"),
+                      "from robustlib.stages import sweep_select as stage"),
         new_code_cell("result = stage.report(sweep, params_file, output_root, input_root)\nresult['table']"),
         new_code_cell("for f in result['figures']:\n    display(Image(filename=str(f)))"),
     ],

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlib.attacks import AttackCheckError, autoattack, fgsm, pgd, transfer
-from robustlib.attacks.autoattack import zero_jacobian
-from robustlib.attacks.gradient import escape_pgd
+from robustlib.attacks.autoattack import autoattack
+from robustlib.attacks.common import AttackCheckError, zero_jacobian
+from robustlib.attacks.gradient import escape_pgd, fgsm, pgd, transfer
 from robustlib.data.datasets import load_split
 from robustlib.models import build_model
 from robustlib.threat import ThreatModel

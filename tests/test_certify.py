@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustlib.attacks import pgd
 from robustlib.attacks.certify import affine_row_norms, certified_in_ball
+from robustlib.attacks.gradient import pgd
 from robustlib.bounds.intervals import ibp_certified, to_sequential
 from robustlib.models import build_model
 from robustlib.threat import ThreatModel

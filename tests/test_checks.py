@@ -12,14 +12,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlib.attacks import NotApplicable, fgsm, pgd, recoloradv
-from robustlib.attacks.common import AttackResult
+from robustlib.attacks.common import AttackResult, NotApplicable
+from robustlib.attacks.gradient import fgsm, pgd
+from robustlib.attacks.perceptual.recoloradv import recoloradv
 from robustlib.data.datasets import load_split
 from robustlib.evaluation import checks
 from robustlib.evaluation.checks import SanityCheckError
-from robustlib.evaluation.schema import load_results, save_results
-from robustlib.evaluation.worst_case import evaluate_attacks, robustness_curve
+from robustlib.evaluation.curves import robustness_curve
+from robustlib.evaluation.schema import load_results, robust, save_results
+from robustlib.evaluation.suite import FGSM_LINF, LINF, PGD_LINF, attack_suite
+from robustlib.evaluation.worst_case import evaluate_attacks
 from robustlib.models import build_model
+from robustlib.pipeline.params import load as load_params
 from robustlib.threat import ThreatModel
 
 torch.set_num_threads(1)
@@ -257,26 +261,27 @@ def test_nested_curve_keeps_points_broken_at_a_smaller_eps(net):
         robustness_curve(model, x, y, "linf", [0.1, -1.0])
 
 
-def test_masking_signs_are_recorded_not_fatal(net):
+def test_masking_signs_are_recorded_not_fatal(net, root):
     """PGD weaker than FGSM (on the curve) and PGD rising with eps are recorded as flags by the attack
     stage's checks; the reported worst case already takes every attack per example."""
     model, x, y = net
     lin = ThreatModel("linf", 0.1)
-    table = evaluate_attacks(model, x, y, {"fgsm_linf": partial(fgsm, threat=lin),
-                                           "pgd_linf": partial(pgd, threat=lin, steps=5)},
-                             groups={"fgsm_linf": "linf", "pgd_linf": "linf"})
+    table = evaluate_attacks(model, x, y, {FGSM_LINF: partial(fgsm, threat=lin),
+                                           PGD_LINF: partial(pgd, threat=lin, steps=5)},
+                             groups={FGSM_LINF: LINF, PGD_LINF: LINF})
     curve = pd.DataFrame([("linf", 0.05, "pgd", 0.6), ("linf", 0.05, "fgsm", 0.5), ("linf", 0.1, "pgd", 0.7),
                           ("linf", 0.1, "fgsm", 0.8)], columns=["norm", "eps", "attack", "robust_acc"])
-    params = {"attack": {"pgd_steps": 5, "pgd_restarts": 1, "linf_eps": 0.1,
-                         "sanity": {"large_eps": {"linf": 1.0, "l2": 30.0}, "budget_tol": 1.0}}}
-    out = checks.evaluation_sanity_checks(model, x, y, curve, table, "r", params, 10, seed=0, index=range(48))
+    ap = load_params(root / "profiles" / "smoke.yaml")["attack"]
+    suite = attack_suite({**ap, "pgd_steps": 5, "pgd_restarts": 1, "linf_eps": 0.1,
+                          "sanity": {**ap["sanity"], "large_eps": {"linf": 1.0, "l2": 30.0}, "budget_tol": 1.0}}, 0)
+    out = checks.evaluation_sanity_checks(model, x, y, curve, table, "r", suite, 10, index=range(48))
     assert out["pgd_weaker_than_fgsm"] == ["linf eps=0.05: PGD 0.6000 > FGSM 0.5000 (curve)"]
     assert "rises" in out["pgd_nonmonotone"] and out["budget_linf"]["unconverged"] is None
+    assert out["pgd_vs_fgsm_points"] == {PGD_LINF: table[robust(PGD_LINF)].mean(),
+                                         FGSM_LINF: table[robust(FGSM_LINF)].mean()}
     # fewer sanity examples than attacked ones (cifar10-cpu: 200 of 1,000): the common prefix is compared
-    short = checks.evaluation_sanity_checks(model, x[:20], y[:20], curve, table, "r", params, 10, seed=0,
-                                            index=range(20))
+    short = checks.evaluation_sanity_checks(model, x[:20], y[:20], curve, table, "r", suite, 10, index=range(20))
     alone = checks.check_budget_converged(pgd, model, x[:20], y[:20], lin, 5, 1, tol=1.0, seed=0)
     assert short["budget_linf"]["base"] == alone["base"]  # the budget check ran on the 20 sanity examples
     with pytest.raises(ValueError, match="prefixes of the same test order"):
-        checks.evaluation_sanity_checks(model, x[:20], y[:20], curve, table, "r", params, 10, seed=0,
-                                        index=range(1, 21))
+        checks.evaluation_sanity_checks(model, x[:20], y[:20], curve, table, "r", suite, 10, index=range(1, 21))

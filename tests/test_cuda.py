@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustlib.attacks import autoattack, fgsm, pgd
+from robustlib.attacks.autoattack import autoattack
+from robustlib.attacks.gradient import fgsm, pgd
 from robustlib.bounds.intervals import ibp_certified, margin_lower_bounds, to_sequential
 from robustlib.bounds.lipschitz import lipschitz_upper_bound
 from robustlib.evaluation.worst_case import evaluate_attacks

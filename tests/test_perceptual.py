@@ -12,18 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlib.attacks import NotApplicable, jpeg, lpa, ppgd, recoloradv, stadv
-from robustlib.attacks.perceptual.jpeg import block_dct, decode_change, encode, num_coefficients, rgb_to_ycbcr
-from robustlib.attacks.perceptual.lpa import lpips_distance, lpips_features, newton_project
+from robustlib.attacks.common import NotApplicable
+from robustlib.attacks.perceptual.jpeg import block_dct, decode_change, encode, jpeg, num_coefficients, rgb_to_ycbcr
+from robustlib.attacks.perceptual.lpa import lpa, lpips_distance, lpips_features, newton_project, ppgd
 from robustlib.attacks.perceptual.recoloradv import (
     apply_color_function,
     interpolate,
     lattice_identity,
     lattice_smoothness,
     luv_to_rgb,
+    recoloradv,
     rgb_to_luv,
 )
-from robustlib.attacks.perceptual.stadv import flow_smoothness, identity_grid, in_stadv_set, warp
+from robustlib.attacks.perceptual.stadv import flow_smoothness, identity_grid, in_stadv_set, stadv, warp
 from robustlib.data.datasets import load_split
 from robustlib.models import build_model
 

@@ -34,8 +34,11 @@ def _cited(text: str) -> set[str]:
     return {m for m in found if not m.endswith(("/", "_")) and "..." not in m}
 
 
-@pytest.mark.parametrize("source", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
-                                    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "robustlib").rglob("*.py"))])
+SOURCES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+           *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "robustlib").rglob("*.py"))]
+
+
+@pytest.mark.parametrize("source", SOURCES)
 def test_every_cited_file_exists(source):
     missing = sorted(p for p in _cited((ROOT / source).read_text()) if not (ROOT / p).exists()
                      and not (ROOT / p).with_suffix("").exists())
@@ -47,15 +50,20 @@ def test_the_code_cites_design_where_it_is():
         assert "../shared/DESIGN.md" not in f.read_text(), f"{f}: DESIGN.md is docs/DESIGN.md in this repository"
 
 
-HEADLINE = {  # README row -> (report claim line or paper_comparison row, the profile columns it cites)
-    "Hamming regularization verifies more examples than RS loss": "Hamming regularization verifies more examples than RS loss",
+HEADLINE = {  # README row -> the claim's line in the reports ("- <claim>: paper ... -- <verdict>")
+    "Hamming regularization verifies more examples than RS loss":
+        "Hamming regularization verifies more examples than RS loss",
     "Hamming+stability more robust (PGD) than Hamming only": "Hamming+stability is more robust (PGD) than Hamming only",
-    "Hamming+stability more robust (PGD) than stability only": "Hamming+stability is more robust (PGD) than stability only",
-    "Hamming+stability more robust (PGD) than plain FGSM-AT": "Hamming+stability is more robust (PGD) than plain FGSM-AT",
+    "Hamming+stability more robust (PGD) than stability only":
+        "Hamming+stability is more robust (PGD) than stability only",
+    "Hamming+stability more robust (PGD) than plain FGSM-AT":
+        "Hamming+stability is more robust (PGD) than plain FGSM-AT",
     "PGD-AT more robust (PGD) than Hamming+stability": "PGD-AT is more robust (PGD) than Hamming+stability",
-    "Hamming+stability beats PGD-AT under L2 AutoAttack": "Hamming+stability is more robust than L-inf PGD-AT under L2 AutoAttack",
+    "Hamming+stability beats PGD-AT under L2 AutoAttack":
+        "Hamming+stability is more robust than L-inf PGD-AT under L2 AutoAttack",
     "Hamming+stability trains faster than PGD-AT": "Hamming+stability trains faster than L-inf PGD-AT",
-    "the sparse regularizer beats the dense Laplacian": "The sparse regularizer is more robust (PGD) than the dense Laplacian",
+    "the sparse regularizer beats the dense Laplacian":
+        "The sparse regularizer is more robust (PGD) than the dense Laplacian",
 }
 
 

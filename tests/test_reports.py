@@ -17,15 +17,15 @@ def test_runs_at_chance_level_are_flagged():
 
 
 def test_diverged_runs_are_flagged_in_the_table_and_the_report_note():
-    from robustlib.stages.report import _training_notes
+    from robustlib.reporting.page import training_notes
 
     diverged = dict(_metrics("hsv", "cifar10", 0.1), epochs=100, diverged={"epoch": 39, "step": 314})
     t = training_table([diverged, _metrics("standard", "cifar10", 0.8), dict(_metrics("old", "cifar10", 0.8),
                                                                              diverged=None)])
     assert dict(zip(t["run"], t["diverged_at"], strict=True)) == {"hsv": 39, "old": "-", "standard": "-"}
-    note = _training_notes(t)
+    note = training_notes(t)
     assert "At chance level" in note and "hsv at epoch 39 of 100 (model: epoch 38)" in note
-    assert _training_notes(t[t["run"] != "hsv"]) == ""
+    assert training_notes(t[t["run"] != "hsv"]) == ""
 
 
 def test_objectives_are_described_with_every_weight_and_setting():

@@ -24,10 +24,10 @@ def _run(cmd, cwd, **env):
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory, root=Path(__file__).resolve().parents[1]):
+def clone(tmp_path_factory):
     """A fresh clone of the committed HEAD (what CI and a newcomer get)."""
     ws = tmp_path_factory.mktemp("clone") / "ws"
-    subprocess.run(["git", "clone", "-q", str(root), str(ws)], check=True)
+    subprocess.run(["git", "clone", "-q", str(Path(__file__).resolve().parents[1]), str(ws)], check=True)
     return ws
 
 

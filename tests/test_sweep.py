@@ -408,6 +408,7 @@ def test_sweep_stages_end_to_end(root, tmp_path, monkeypatch):
     from robustlib.pipeline import paths
     from robustlib.pipeline.io import write_json
     from robustlib.stages import sweep as stage
+    from robustlib.stages import sweep_select
     from robustlib.stages.common import PARAMS_LOG
 
     ws = tmp_path / "ws"
@@ -431,7 +432,7 @@ def test_sweep_stages_end_to_end(root, tmp_path, monkeypatch):
         aa_calls.append((x.shape[0], version, threat.eps))
         return AttackResult(x.clone(), {"square_stronger": False})
 
-    monkeypatch.setattr(stage, "autoattack", fake_autoattack)
+    monkeypatch.setattr(sweep_select, "autoattack", fake_autoattack)
     for cell in cells:
         metrics = stage.train_cell(cell, "params.yaml", "reports/tiny", progress=False)
         assert metrics["sweep"] == "tiny" and "collapsed_epoch" in metrics and metrics["trained"]
@@ -442,7 +443,7 @@ def test_sweep_stages_end_to_end(root, tmp_path, monkeypatch):
         assert (S.cell_dvclive_dir(out, cell) / "metrics.json").exists()
         ev = stage.eval_cell(cell, "params.yaml", "reports/tiny")
         assert ev["val"]["n"] == 100 and ev["test"]["n"] == 50 and 0 <= ev["val"]["pgd_acc"] <= ev["val"]["clean_acc"]
-    selection = stage.select("tiny", "params.yaml", "reports/tiny")
+    selection = sweep_select.select("tiny", "params.yaml", "reports/tiny")
     assert [r["cell"] for r in selection["cells"]] == cells
     assert selection["readings_pending"] == ["mean"]
     assert selection["selected"] is not None  # the tiny cells learn (constant LR, small weights)
@@ -451,7 +452,7 @@ def test_sweep_stages_end_to_end(root, tmp_path, monkeypatch):
     write_json({"n": 100, "clean_acc": 0.9, "pgd_linf_acc": 0.1, "aa_linf_acc": 0.05, "worst_linf_acc": 0.05},
                paths.attack_metrics_path(out, "pgd_at"))  # the reference run's attack stage (synthetic)
     (out / "metrics" / "verify").mkdir(parents=True)
-    result = stage.report("tiny", "params.yaml", "reports/tiny", "reports/tiny")
+    result = sweep_select.report("tiny", "params.yaml", "reports/tiny", "reports/tiny")
     summary = json.loads(S.summary_path(out, "tiny").read_text())
     assert summary["selected"] == selection["selected"] and summary["references"][0]["run"] == "pgd_at"
     assert S.accuracy_figure_path(out, "tiny").exists() and S.diagnostics_figure_path(out, "tiny").exists()
@@ -466,7 +467,7 @@ def test_sweep_stages_end_to_end(root, tmp_path, monkeypatch):
         (ws / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(tiny))
         P.use_profile("tiny", ws)
         with pytest.raises(ValueError, match="does not carry the selected setting"):
-            stage.report("tiny", "params.yaml", "reports/tiny", "reports/tiny")
+            sweep_select.report("tiny", "params.yaml", "reports/tiny", "reports/tiny")
     # readings_at naming a cell that is not the best grid cell fails the select stage
     best = selection["best_grid_cell"]
     if best is not None:  # (the tiny cells learn: see above)

@@ -43,6 +43,7 @@ import logging
 import torch
 from torch import nn
 
+from robustlib.attacks.certify import certified_in_ball
 from robustlib.attacks.common import (
     AttackCheckError,
     AttackResult,
@@ -51,7 +52,9 @@ from robustlib.attacks.common import (
     check_threat,
     chunks,
     eval_mode,
+    zero_jacobian,
 )
+from robustlib.attacks.gradient import escape_pgd
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
@@ -102,7 +105,7 @@ class _FatalLogger:
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks_to_run: list[str],
                apgd_targets: int, fab_targets: int, batch_size: int, randomized_ok: bool = False) -> None:
     """pyautoattack's defense checks on every batch of ``x``; raises ``AttackCheckError`` on a flag."""
-    from pyautoattack import checks
+    from pyautoattack import checks  # pyautoattack: imported only when AutoAttack runs (module notes)
 
     n_cls = None
     for s in chunks(x.shape[0], batch_size):
@@ -137,7 +140,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     batch_size = check_count("batch_size", batch_size, 1)
     square_escalation = check_count("square_escalation", square_escalation, 0)
     square_queries = check_count("square_queries", square_queries, 1)
-    from pyautoattack import AutoAttack
+    from pyautoattack import AutoAttack  # pyautoattack: imported only when AutoAttack runs (module notes)
 
     x = x.detach()
     if x.shape[0] == 0 or threat.eps == 0:
@@ -192,8 +195,6 @@ def _certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     bounds for L2, the verifier's numerical margin); all False for models the bounds do not support. A
     collapsed network, or one whose first ReLU layer stays off over the ball, is certified this way:
     its robustness needs no gradient."""
-    from robustlib.attacks.certify import certified_in_ball
-
     try:
         return certified_in_ball(model, x, y, threat)
     except (TypeError, ValueError, NotImplementedError) as err:
@@ -206,8 +207,6 @@ def _escape(model, x, y, x_adv, survived, blind, threat: ThreatModel, batch_size
     example it attacked from a point with a nonzero Jacobian is no longer blind (gradients saw it and
     failed, as for any AutoAttack survivor). Returns the number of hits. Models ``to_sequential`` does
     not support keep their blind survivors."""
-    from robustlib.attacks.gradient import escape_pgd
-
     i = blind.nonzero().flatten()
     try:
         res = escape_pgd(model, x[i], y[i], threat, batch_size=batch_size)
@@ -228,7 +227,7 @@ def _escalate_square(model, x, y, x_adv, survived, threat: ThreatModel, seed: in
                      queries: int):
     """Re-attack the survivors with Square (``factor`` x queries and restarts, a seed AutoAttack did not
     use); keep any hit."""
-    from pyautoattack.square import SquareAttack
+    from pyautoattack.square import SquareAttack  # pyautoattack: imported only when AutoAttack runs
 
     idx = survived.nonzero().flatten()
     logger.warning("autoattack: Square beat the gradient attacks; re-running Square with %dx queries and restarts "
@@ -244,18 +243,3 @@ def _escalate_square(model, x, y, x_adv, survived, threat: ThreatModel, seed: in
             x_adv[i[hit]] = cand[hit]
             survived[i[hit]] = False
     return x_adv, survived
-
-
-def zero_jacobian(model: nn.Module, x: torch.Tensor, probes: int = 3, seed: int = 0) -> torch.Tensor:
-    """Per example: is the input Jacobian of the logits exactly zero? Tested through ``probes`` random
-    projections r (J^T r = 0 for random r almost surely only when J = 0)."""
-    gen = torch.Generator().manual_seed(seed)
-    zero = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    with eval_mode(model):
-        xg = x.detach().clone().requires_grad_(True)
-        out = model(xg)
-        for _ in range(probes):
-            r = torch.randn(out.shape, generator=gen).to(out.device, out.dtype)
-            (g,) = torch.autograd.grad((out * r).sum(), xg, retain_graph=True)
-            zero &= g.flatten(1).abs().amax(1) == 0
-    return zero

@@ -1,14 +1,17 @@
-"""What every attack shares: its result type, input validation, eval mode, exceptions."""
+"""What every attack shares: its result type, input validation, eval mode, exceptions, and the zero-Jacobian
+test of gradient-blind points (AutoAttack's survivors, the escape attack's starts)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from robustlib.threat import ThreatModel
 
 
 @dataclass
@@ -19,6 +22,11 @@ class AttackResult:
 
     points: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
+
+
+Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], AttackResult]
+"""``attack(model, x, y) -> AttackResult`` with every other setting bound (e.g. ``functools.partial``, or a
+``robustlib.evaluation.suite.SuiteAttack``)."""
 
 
 class NotApplicable(ValueError):
@@ -54,8 +62,6 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
 
 def check_threat(threat: object) -> None:
     """A clear, early error for a threat model given as anything but a ``ThreatModel``."""
-    from robustlib.threat import ThreatModel
-
     if not isinstance(threat, ThreatModel):
         raise TypeError(f"threat must be a robustlib.threat.ThreatModel (e.g. ThreatModel('linf', 0.3)), got "
                         f"{type(threat).__name__} {threat!r}")
@@ -90,3 +96,18 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     other = logits.clone()
     other.scatter_(1, y[:, None], float("-inf"))
     return other.amax(1) - true
+
+
+def zero_jacobian(model: nn.Module, x: torch.Tensor, probes: int = 3, seed: int = 0) -> torch.Tensor:
+    """Per example: is the input Jacobian of the logits exactly zero? Tested through ``probes`` random
+    projections r (J^T r = 0 for random r almost surely only when J = 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    zero = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    with eval_mode(model):
+        xg = x.detach().clone().requires_grad_(True)
+        out = model(xg)
+        for _ in range(probes):
+            r = torch.randn(out.shape, generator=gen).to(out.device, out.dtype)
+            (g,) = torch.autograd.grad((out * r).sum(), xg, retain_graph=True)
+            zero &= g.flatten(1).abs().amax(1) == 0
+    return zero

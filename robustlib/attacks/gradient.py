@@ -17,11 +17,20 @@ import torch
 from torch import nn
 
 from robustlib.attacks.ascent import SteepestStep, Trace, ball_problem, cross_entropy, maximize
-from robustlib.attacks.common import AttackResult, check_count, check_inputs, check_threat, chunks, eval_mode
+from robustlib.attacks.common import (
+    AttackResult,
+    check_count,
+    check_inputs,
+    check_threat,
+    chunks,
+    eval_mode,
+    zero_jacobian,
+)
 from robustlib.bounds.intervals import to_sequential
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
+
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> AttackResult:
     """Fast gradient (sign) method (Goodfellow et al. 2015): one steepest-ascent step of length ``eps``
@@ -73,7 +82,7 @@ def transfer(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor, 
     """Transfer (black-box) attack (Papernot et al. 2017): PGD crafted on ``source_model`` only, keeping
     per example the point of highest source cross-entropy over all steps and restarts (no early stop,
     so points go deep past the source's boundary). The target is never queried while crafting;
-    evaluate the returned points on ``target_model`` (e.g. ``robustness.evaluate_attacks``).
+    evaluate the returned points on ``target_model`` (e.g. ``robustlib.evaluation.worst_case.evaluate_attacks``).
     ``target_model`` is used only to check that both models agree on the number of classes."""
     check_inputs(x, y)
     check_threat(threat)
@@ -120,8 +129,6 @@ def escape_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     supports (``ValueError`` otherwise). ``info["seen"]`` (BoolTensor): the cross-entropy attack started
     at a point where the logits' input Jacobian is not exactly zero, i.e. gradients could see the
     example."""
-    from robustlib.attacks.autoattack import zero_jacobian
-
     check_inputs(x, y)
     check_threat(threat)
     steps = check_count("steps", steps, 1)

@@ -13,7 +13,6 @@ restored profile's ``dvc status`` stays clean. Sources: torchvision's archives o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import shutil
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import torchvision
 
 from robustlib.data.datasets import DATASETS, TORCHVISION_FOLDERS, data_root, dataset_info
+from robustlib.pipeline.io import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +32,6 @@ _TV_CIFAR = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.da
 
 class DataInstallError(ValueError):
     """The source folder lacks a file the pipeline reads, or a file fails its check."""
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _find(source: Path, names: list[str], subfolders: tuple[str, ...]) -> Path:
@@ -52,7 +44,7 @@ def _find(source: Path, names: list[str], subfolders: tuple[str, ...]) -> Path:
 
 def _check_md5s(folder: Path, expected: dict[str, str]) -> None:
     for name, md5 in expected.items():
-        got = _md5(folder / name)
+        got = file_digest(folder / name, "md5")
         if got != md5:
             raise DataInstallError(f"{folder / name}: MD5 {got}, expected torchvision's {md5}")
 
@@ -106,7 +98,8 @@ def install(dataset: str, source: str | Path, root: str | Path | None = None) ->
     out = []
     for name in names:
         src, dst = folder / name, dest / name
-        if not (dst.is_file() and dst.stat().st_size == src.stat().st_size and _md5(dst) == _md5(src)):
+        same = dst.is_file() and dst.stat().st_size == src.stat().st_size
+        if not (same and file_digest(dst, "md5") == file_digest(src, "md5")):
             shutil.copyfile(src, dst)
         out.append(dst)
     logger.info("installed %s: %d files in %s", dataset, len(out), dest)

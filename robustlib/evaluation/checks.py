@@ -19,7 +19,8 @@ from torch import nn
 from robustlib.attacks.common import AttackResult, eval_mode
 from robustlib.evaluation import schema
 from robustlib.evaluation.accuracy import predict
-from robustlib.threat import ThreatModel
+from robustlib.evaluation.suite import CURVE_FGSM, CURVE_PGD, FGSM_LINF, LINF, PGD, PGD_LINF, AttackSuite
+from robustlib.threat import NORMS, ThreatModel
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +94,17 @@ def check_flags_agree(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, ro
 def check_monotone_in_eps(curve: pd.DataFrame, tol: float = 0.0) -> dict[str, Any]:
     """Robust accuracy is non-increasing in eps for every (norm, attack) of a tidy curve
     (columns norm, eps, attack, robust_acc); ``tol`` is an allowed increase (fraction)."""
-    for (norm, attack), grp in curve.groupby(["norm", "attack"]):
-        grp = grp.sort_values("eps")
-        inc = grp["robust_acc"].diff() > tol
+    by = [schema.NORM, schema.ATTACK]
+    for (norm, attack), grp in curve.groupby(by):
+        grp = grp.sort_values(schema.EPS)
+        inc = grp[schema.ROBUST_ACC].diff() > tol
         if bool(inc.any()):
             i = int(inc.to_numpy().nonzero()[0][0])
-            e0, e1 = grp["eps"].iloc[i - 1], grp["eps"].iloc[i]
-            a0, a1 = grp["robust_acc"].iloc[i - 1], grp["robust_acc"].iloc[i]
+            e0, e1 = grp[schema.EPS].iloc[i - 1], grp[schema.EPS].iloc[i]
+            a0, a1 = grp[schema.ROBUST_ACC].iloc[i - 1], grp[schema.ROBUST_ACC].iloc[i]
             raise SanityCheckError("monotone_eps", f"{attack} ({norm}): robust accuracy rises from {a0:.4f} "
                                    f"at eps={e0} to {a1:.4f} at eps={e1}")
-    return {"groups": int(curve.groupby(["norm", "attack"]).ngroups)}
+    return {"groups": int(curve.groupby(by).ngroups)}
 
 
 def check_large_eps(attack: AttackFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -210,57 +212,70 @@ def check_positive_controls(table: pd.DataFrame, max_acc: dict[str, float], run:
 
 
 def evaluation_sanity_checks(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, curve: pd.DataFrame,
-                             table: pd.DataFrame, run: str, params: dict, num_classes: int,
-                             seed: int, index: Sequence[int] | None = None) -> dict[str, Any]:
-    """The attack stage's Carlini et al. (2019) checks on one run (attacks re-run on the examples ``xs``,
-    ``ys``, test indices ``index``: a prefix of the same test order as the table's, shorter or longer; the
-    budget check compares with the reported worst case on their common prefix; the curve and table
-    checks on the stage's results); any failure raises ``SanityCheckError``. PGD that has not converged at the
-    standard eps (doubling its budget breaks more examples) fails only where the reported L-inf worst
-    case (FGSM, PGD, AutoAttack, transfer) missed an example; otherwise it is recorded as
-    ``budget_linf.unconverged`` (Table 1's PGD_unconverged). PGD weaker than FGSM (on the curves or at
-    the standard eps) is gradient masking, not a broken PGD (tested against torchattacks' iterates): it
-    is recorded as ``pgd_weaker_than_fgsm`` (Table 1's PGD_below_FGSM); the reported L-inf worst case
-    takes FGSM per example."""
-    from robustlib.attacks.gradient import pgd
+                             table: pd.DataFrame, run: str, suite: AttackSuite, num_classes: int,
+                             index: Sequence[int] | None = None) -> dict[str, Any]:
+    """The attack stage's Carlini et al. (2019) checks on one run, with the suite's PGD and settings
+    (``suite.sanity``): attacks re-run on the examples ``xs``, ``ys``, test indices ``index`` (a prefix of
+    the same test order as the table's, shorter or longer; the budget check compares with the reported
+    worst case on their common prefix), the curve and table checks on the stage's results; any failure
+    raises ``SanityCheckError``. PGD that has not converged at the standard eps (doubling its budget
+    breaks more examples) fails only where the reported L-inf worst case (FGSM, PGD, AutoAttack,
+    transfer) missed an example; otherwise it is recorded as ``budget_linf.unconverged`` (Table 1's
+    PGD_unconverged). PGD weaker than FGSM (on the curves or at the standard eps) is gradient masking,
+    not a broken PGD (tested against torchattacks' iterates): it is recorded as ``pgd_weaker_than_fgsm``
+    (Table 1's PGD_below_FGSM); the reported L-inf worst case takes FGSM per example. On the undefended
+    run, PGD must drive it to about 0% and each perceptual attack below its positive control."""
+    sp, pgd = suite.sanity, suite[PGD_LINF]
+    steps, restarts = pgd.budget["steps"], pgd.budget["restarts"]
+    out = _curve_checks(curve, run)
+    weaker = _pgd_weaker_on_curve(curve)
+    for norm in NORMS:
+        out[f"large_eps_{norm}"] = check_large_eps(suite[PGD[norm]].attack, model, xs, ys,
+                                                   ThreatModel(norm, sp.large_eps[norm]), num_classes, steps=steps,
+                                                   restarts=1)
+    common = min(len(table), len(xs))  # both are prefixes of the split's evaluation order; either may be longer
+    if index is not None and list(table[schema.INDEX][:common]) != [int(i) for i in index[:common]]:
+        raise ValueError("the sanity examples and the attacked examples must be prefixes of the same test order")
+    reported = schema.flags(table, schema.worst(LINF))[:common]
+    out[f"budget_{LINF}"] = check_budget_converged(pgd.attack, model, xs, ys, pgd.threat, steps, restarts,
+                                                   tol=sp.budget_tol, seed=suite.seed, reported=reported)
+    points = {name: float(table[schema.robust(name)].mean()) for name in (PGD_LINF, FGSM_LINF)}
+    out["pgd_vs_fgsm_points"] = points
+    if points[PGD_LINF] > points[FGSM_LINF]:
+        weaker.append(f"{LINF} eps={pgd.threat.eps:g}: PGD {points[PGD_LINF]:.4f} > "
+                      f"FGSM {points[FGSM_LINF]:.4f} (attacked examples)")
+    out["pgd_weaker_than_fgsm"] = weaker or None  # reported linf_worst includes FGSM per example
+    for msg in weaker:
+        logger.warning("%s: PGD weaker than FGSM at %s: a sign of gradient masking", run, msg)
+    if run == sp.undefended_run:
+        out["undefended"] = check_undefended(pgd.attack, model, xs, ys, pgd.threat, max_acc=sp.undefended_max_acc,
+                                             steps=steps, restarts=restarts)
+    out["columns"] = schema.attacks_in(table)
+    if run == sp.undefended_run:  # positive controls of the perceptual attacks
+        out["perceptual_controls"] = check_positive_controls(table, sp.perceptual_max_acc or {}, run)
+    return out
 
-    ap, sp = params["attack"], params["attack"]["sanity"]
-    steps, restarts = int(ap["pgd_steps"]), int(ap["pgd_restarts"])
+
+def _curve_checks(curve: pd.DataFrame, run: str) -> dict[str, Any]:
+    """PGD alone at each eps: a rise with eps is recorded (gradient masking), the nested curve is reported."""
     out: dict[str, Any] = {}
-    try:  # PGD alone at each eps: a rise with eps is recorded (gradient masking), the nested curve is reported
-        out["monotone_in_eps"] = check_monotone_in_eps(curve[curve["attack"] == "pgd"])
+    try:
+        out["monotone_in_eps"] = check_monotone_in_eps(curve[curve[schema.ATTACK] == CURVE_PGD])
         out["pgd_nonmonotone"] = None
     except SanityCheckError as err:
         logger.warning("%s: %s; the curve reports pgd_nested (worst case over nested balls)", run, err.message)
         out["pgd_nonmonotone"] = err.message
-    weaker = []  # PGD weaker than FGSM somewhere: gradient masking (the PGD code itself is tested against torchattacks)
-    for norm in ("linf", "l2"):
-        c = curve[(curve["norm"] == norm) & curve["attack"].isin(["pgd", "fgsm"])]
-        for eps, grp in c.groupby("eps"):
-            accs = dict(zip(grp["attack"], grp["robust_acc"], strict=False))
-            if "pgd" in accs and "fgsm" in accs and accs["pgd"] > accs["fgsm"] + 1e-9:
-                weaker.append(f"{norm} eps={eps:g}: PGD {accs['pgd']:.4f} > FGSM {accs['fgsm']:.4f} (curve)")
-        out[f"large_eps_{norm}"] = check_large_eps(pgd, model, xs, ys, ThreatModel(norm, float(sp["large_eps"][norm])),
-                                                   num_classes, steps=steps, restarts=1)
-    common = min(len(table), len(xs))  # both are prefixes of the split's evaluation order; either may be longer
-    if index is not None and list(table[schema.INDEX][:common]) != [int(i) for i in index[:common]]:
-        raise ValueError("the sanity examples and the attacked examples must be prefixes of the same test order")
-    reported = schema.flags(table, schema.worst("linf"))[:common]
-    standard = ThreatModel("linf", float(ap["linf_eps"]))
-    out["budget_linf"] = check_budget_converged(pgd, model, xs, ys, standard,
-                                                steps, restarts, tol=float(sp["budget_tol"]), seed=seed,
-                                                reported=reported)
-    out["pgd_vs_fgsm_points"] = {"pgd_linf": float(table[schema.robust("pgd_linf")].mean()),
-                                 "fgsm_linf": float(table[schema.robust("fgsm_linf")].mean())}
-    if out["pgd_vs_fgsm_points"]["pgd_linf"] > out["pgd_vs_fgsm_points"]["fgsm_linf"]:
-        weaker.append(f"linf eps={float(ap['linf_eps']):g}: PGD {out['pgd_vs_fgsm_points']['pgd_linf']:.4f} > "
-                      f"FGSM {out['pgd_vs_fgsm_points']['fgsm_linf']:.4f} (attacked examples)")
-    out["pgd_weaker_than_fgsm"] = weaker or None  # reported linf_worst includes FGSM per example
-    for msg in weaker:
-        logger.warning("%s: PGD weaker than FGSM at %s: a sign of gradient masking", run, msg)
-    if run == sp.get("undefended_run"):
-        out["undefended"] = check_undefended(pgd, model, xs, ys, standard,
-                                             max_acc=float(sp["undefended_max_acc"]), steps=steps,
-                                             restarts=restarts)
-    out["columns"] = schema.attacks_in(table)
     return out
+
+
+def _pgd_weaker_on_curve(curve: pd.DataFrame) -> list[str]:
+    """Where PGD is weaker than FGSM on the curves: gradient masking (the PGD code itself is tested against
+    torchattacks)."""
+    weaker = []
+    for norm in NORMS:
+        c = curve[(curve[schema.NORM] == norm) & curve[schema.ATTACK].isin([CURVE_PGD, CURVE_FGSM])]
+        for eps, grp in c.groupby(schema.EPS):
+            accs = dict(zip(grp[schema.ATTACK], grp[schema.ROBUST_ACC], strict=False))
+            if CURVE_PGD in accs and CURVE_FGSM in accs and accs[CURVE_PGD] > accs[CURVE_FGSM] + 1e-9:
+                weaker.append(f"{norm} eps={eps:g}: PGD {accs[CURVE_PGD]:.4f} > FGSM {accs[CURVE_FGSM]:.4f} (curve)")
+    return weaker

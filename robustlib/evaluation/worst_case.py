@@ -1,16 +1,17 @@
-"""Worst-case, per-example robustness evaluation used by the attack stage.
+"""Worst-case, per-example robustness evaluation: the engine of the attack stage, the robustness curves
+(``robustlib.evaluation.curves``) and the verify stage's AutoAttack.
 
-``evaluate_attacks`` runs named attacks and returns the per-example table of ``robustlib.evaluation.schema``
-(``robust_<attack>``, ``worst_<threat>``, ``robust_all`` = clean-correct AND every attack failed,
-DESIGN.md convention 9). Flags come from a fresh eval-mode forward on the returned points.
-``robustness_curve`` gives robust accuracy against eps as a tidy table (norm, eps, attack, robust_acc).
+``evaluate_attacks`` runs named attacks (e.g. those of ``robustlib.evaluation.suite``) and returns the
+per-example table of ``robustlib.evaluation.schema`` (``robust_<attack>``, ``worst_<threat>``,
+``robust_all`` = clean-correct AND every attack failed, DESIGN.md convention 9). Flags come from a fresh
+eval-mode forward on the returned points.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 import pandas as pd
@@ -18,9 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustlib.attacks import autoattack as run_autoattack
-from robustlib.attacks import fgsm, pgd
-from robustlib.attacks.common import AttackResult, NotApplicable, check_count, check_inputs, eval_mode
+from robustlib.attacks.common import Attack, AttackResult, NotApplicable, check_count, check_inputs, eval_mode
 from robustlib.evaluation import schema
 from robustlib.evaluation.accuracy import predict
 from robustlib.evaluation.checks import check_points
@@ -28,9 +27,6 @@ from robustlib.pipeline.parallel import imap
 from robustlib.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
-
-Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], AttackResult]
-"""``attack(model, x, y) -> AttackResult`` with every other setting bound (e.g. ``functools.partial``)."""
 
 
 def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, Attack],
@@ -115,44 +111,3 @@ def scalar_info(info: Mapping[str, object]) -> dict[str, bool | int | float | st
     """The scalar entries of an ``AttackResult.info`` (what the results keep; tensors such as StAdv's
     flow are dropped)."""
     return {k: v for k, v in info.items() if isinstance(v, (bool, int, float, str))}
-
-
-def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps_grid: Sequence[float],
-                     steps: int = 20, restarts: int = 10, autoattack: bool = False, with_fgsm: bool = True,
-                     seed: int = 0, aa_version: str = "standard", batch_size: int = 1000) -> pd.DataFrame:
-    """Robust accuracy against eps: PGD (``steps`` x ``restarts``, step 2.5 eps / steps), optionally FGSM
-    and AutoAttack, as a tidy table with columns norm, eps, attack, robust_acc (attack is ``pgd``,
-    ``fgsm``, ``autoattack`` or ``pgd_nested``). Every point is checked to lie in its ball.
-    ``pgd_nested`` is the per-example worst case of PGD over every eps' <= eps of the grid (a point of a
-    smaller ball lies in the larger one): the strongest PGD number at each eps, non-increasing by
-    construction. ``pgd`` is PGD at that eps alone; where it rises with eps the attack lost strength at
-    the larger radius (gradient masking), which the attack stage records as a flag."""
-    eps_grid = sorted(float(e) for e in eps_grid)
-    for e in eps_grid:
-        ThreatModel(norm, e)  # validates norm and eps before any compute
-    rows = []
-    broken = torch.zeros(x.shape[0], dtype=torch.bool)  # broken by PGD at some eps' <= eps (the balls are nested)
-    for eps in tqdm(eps_grid, desc=f"{norm} curve", leave=False):
-        threat = ThreatModel(norm, eps)
-        attacks: dict[str, Attack] = {
-            "pgd": partial(pgd, threat=threat, steps=steps, restarts=restarts, batch_size=batch_size,
-                           generator=torch.Generator(device=x.device).manual_seed(seed))}
-        if with_fgsm:
-            attacks["fgsm"] = partial(fgsm, threat=threat)
-        if autoattack:
-            attacks["autoattack"] = partial(run_autoattack, threat=threat, version=aa_version, seed=seed)
-        table = evaluate_attacks(model, x, y, attacks, threats={k: threat for k in attacks})
-        for name in attacks:
-            rows.append({"norm": norm, "eps": eps, "attack": name,
-                         "robust_acc": float(table[schema.robust(name)].mean())})
-        broken |= ~schema.flags(table, schema.robust("pgd"))
-        rows.append({"norm": norm, "eps": eps, "attack": "pgd_nested", "robust_acc": float((~broken).float().mean())})
-    return pd.DataFrame(rows, columns=["norm", "eps", "attack", "robust_acc"])
-
-
-def robustness_curves(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grids: Mapping[str, Sequence[float]],
-                      steps: int, restarts: int, seed: int, batch_size: int) -> pd.DataFrame:
-    """``robustness_curve`` (PGD and FGSM) for each norm's eps grid, as one tidy table (the attack
-    stage's Figure 2 data)."""
-    return pd.concat([robustness_curve(model, x, y, norm, grid, steps=steps, restarts=restarts, seed=seed,
-                                       batch_size=batch_size) for norm, grid in eps_grids.items()], ignore_index=True)

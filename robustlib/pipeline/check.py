@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from robustlib.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
-from robustlib.attacks.perceptual import PERCEPTUAL_ATTACKS
 from robustlib.bounds.intervals import BOUND_METHODS
 from robustlib.data.datasets import MissingDataError, check_files, dataset_info
+from robustlib.evaluation.suite import PERCEPTUAL_GROUP as PERCEPTUAL_ATTACKS  # attack name -> its threat group
 from robustlib.models import MODELS
 from robustlib.pipeline.params import ParamsError, all_runs, lpips_config, run_config
 from robustlib.verification.solvers import SOLVERS

@@ -1,9 +1,17 @@
-"""Forked CPU worker processes (one torch thread each) for evaluations bound by Python overhead: the one
-way robustlib runs work in worker processes (attacks: ``forked_pool``, ``Background``; verification:
-``imap``).
+"""Forked CPU worker processes, one torch thread each, for work bound by Python overhead (AutoAttack's
+Square, the perceptual attacks, MILP solves): the one way robustlib runs work in worker processes.
+
+- ``imap(fn, items, processes)``: ``fn`` over the items, results in item order as they come, in a pool of
+  forked workers: the attacks side by side (``robustlib.evaluation.worst_case.evaluate_attacks``) and the
+  verifier's examples (``robustlib.verification.milp.verify``).
+- ``Background(fn, *args)``: one call in one forked worker while the caller goes on: the robustness
+  curves beside the attacks (attack stage) and the verify stage's AutoAttack.
+- ``forked_pool(processes)``: the pool both start.
 
 Two such jobs side by side use both cores of a small machine where one job cannot. Fork (not spawn)
-keeps start-up cheap and lets workers inherit models and data; it is only used for CPU tensors.
+keeps start-up cheap and lets workers inherit the function and its arguments (models and data that do
+not pickle are fine); only items and results are pickled. Callers use it for CPU tensors only; on an
+accelerator they run in-process (``processes=1``, ``enabled=False``).
 """
 
 from __future__ import annotations

@@ -25,6 +25,34 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
+from scipy.stats import beta
+
+from robustlib.evaluation.schema import (
+    CLEAN_PCT,
+    JPEG_COLUMN,
+    L2_AA,
+    LINF_WORST,
+    METRIC,
+    NN_MEAN,
+    NN_MEDIAN,
+    NN_P10,
+    NPTM_COLUMN,
+    OURS,
+    OURS_MINUS_PAPER,
+    PAPER_ROW,
+    PAPER_VALUE,
+    PGD_LINF_PCT,
+    RECOLOR,
+    RUN,
+    SPATIAL,
+    T2_PGD,
+    T2_VERIFIED,
+    TABLE_CLEAN,
+    TRAIN_MINUTES,
+    VERDICT,
+    WORST_LINF_PCT,
+    N,
+)
 
 PAPER = "Jin & Rinard (ICLR 2022 submission)"
 TOLERANCE_POINTS = 3.0
@@ -76,17 +104,17 @@ TABLE1 = PaperTable(
             "Laidlaw et al.'s perceptual attacks; the AT rows are taken from Laidlaw et al. 2021; minutes on one "
             "RTX 1080",
     rows={"hamming_stability": "Ours", "pgd_at": "AT L-inf"},
-    values={"hamming_stability": {"clean": 72.1, "linf_worst": 36.8, "l2_AA": 43.4, "spatial": 28.4,
-                                  "recolor": 63.1, "JPEG": 34.2, "NPTM": 9.1},
-            "pgd_at": {"clean": 86.8, "linf_worst": 49.0, "l2_AA": 19.2, "spatial": 4.8, "recolor": 54.5,
-                       "JPEG": 3.2, "NPTM": 0.0}},
+    values={"hamming_stability": {TABLE_CLEAN: 72.1, LINF_WORST: 36.8, L2_AA: 43.4, SPATIAL: 28.4, RECOLOR: 63.1,
+                                  JPEG_COLUMN: 34.2, NPTM_COLUMN: 9.1},
+            "pgd_at": {TABLE_CLEAN: 86.8, LINF_WORST: 49.0, L2_AA: 19.2, SPATIAL: 4.8, RECOLOR: 54.5, JPEG_COLUMN: 3.2,
+                       NPTM_COLUMN: 0.0}},
     orders=tuple(Order(f"Hamming+stability is more robust than L-inf PGD-AT under {name}", "hamming_stability",
                        "pgd_at", col, vals) for name, col, vals in (
-        ("L2 AutoAttack", "l2_AA", (43.4, 19.2)), ("StAdv (spatial)", "spatial", (28.4, 4.8)),
-        ("ReColorAdv", "recolor", (63.1, 54.5)), ("JPEG-L-inf", "JPEG", (34.2, 3.2)),
-        ("NPTM (LPA/PPGD)", "NPTM", (9.1, 0.0)))) + (
+        ("L2 AutoAttack", L2_AA, (43.4, 19.2)), ("StAdv (spatial)", SPATIAL, (28.4, 4.8)),
+        ("ReColorAdv", RECOLOR, (63.1, 54.5)), ("JPEG-L-inf", JPEG_COLUMN, (34.2, 3.2)),
+        ("NPTM (LPA/PPGD)", NPTM_COLUMN, (9.1, 0.0)))) + (
         Order("Hamming+stability trains faster than L-inf PGD-AT (paper: 252 vs 1620 minutes, 6.4x)",
-              "hamming_stability", "pgd_at", "train_minutes", (252.0, 1620.0), lower_is_better=True),),
+              "hamming_stability", "pgd_at", TRAIN_MINUTES, (252.0, 1620.0), lower_is_better=True),),
 )
 
 TABLE2 = PaperTable(
@@ -96,13 +124,13 @@ TABLE2 = PaperTable(
     rows={"hamming_stability_verify": "Hamming regularization",
           "hamming_stability_verify_mean": "Hamming regularization (our second reading: eq. 16 as a batch mean)",
           "rs_loss": "RS loss (Xiao et al.)"},
-    values={"hamming_stability_verify": {"clean": 36.66, "pgd": 25.56, "verified": 21.04},
-            "hamming_stability_verify_mean": {"clean": 36.66, "pgd": 25.56, "verified": 21.04},
-            "rs_loss": {"clean": 40.45, "pgd": 26.78, "verified": 20.27}},
+    values={"hamming_stability_verify": {TABLE_CLEAN: 36.66, T2_PGD: 25.56, T2_VERIFIED: 21.04},
+            "hamming_stability_verify_mean": {TABLE_CLEAN: 36.66, T2_PGD: 25.56, T2_VERIFIED: 21.04},
+            "rs_loss": {TABLE_CLEAN: 40.45, T2_PGD: 26.78, T2_VERIFIED: 20.27}},
     orders=(Order("Hamming regularization verifies more examples than RS loss", "hamming_stability_verify",
-                  "rs_loss", "verified", (21.04, 20.27)),
+                  "rs_loss", T2_VERIFIED, (21.04, 20.27)),
             Order("Hamming regularization (batch-mean reading) verifies more examples than RS loss",
-                  "hamming_stability_verify_mean", "rs_loss", "verified", (21.04, 20.27))),
+                  "hamming_stability_verify_mean", "rs_loss", T2_VERIFIED, (21.04, 20.27))),
     optional_runs=("hamming_stability_verify_mean",),
     notes=("The paper's RS-loss row is Xiao et al.'s CIFAR-10 model. Their CIFAR-10 coefficients are not in "
            "MadryLab/relu_stable (config.json is MNIST: w_l1 2e-5, w_rsloss 1e-4, PGD 8 steps, Adam 1e-4) and their "
@@ -115,38 +143,38 @@ TABLE3 = PaperTable(
     setting="PreActResNet18, CIFAR-10, PGD 20 steps x 10 restarts at L-inf 8/255",
     rows={"hamming_stability": "Hamming+stability", "stability_only": "stability only",
           "hamming_only": "Hamming only", "pgd_at": "PGD-AT", "fgsm_at": "FGSM-AT"},
-    values={"hamming_stability": {"clean_%": 72.1, "pgd_linf_%": 40.54},
-            "stability_only": {"clean_%": 34.74, "pgd_linf_%": 20.11},
-            "hamming_only": {"clean_%": 90.24, "pgd_linf_%": 24.87},
-            "pgd_at": {"clean_%": 87.3, "pgd_linf_%": 45.8},
-            "fgsm_at": {"clean_%": 90.3, "pgd_linf_%": 0.0}},
+    values={"hamming_stability": {CLEAN_PCT: 72.1, PGD_LINF_PCT: 40.54},
+            "stability_only": {CLEAN_PCT: 34.74, PGD_LINF_PCT: 20.11},
+            "hamming_only": {CLEAN_PCT: 90.24, PGD_LINF_PCT: 24.87},
+            "pgd_at": {CLEAN_PCT: 87.3, PGD_LINF_PCT: 45.8},
+            "fgsm_at": {CLEAN_PCT: 90.3, PGD_LINF_PCT: 0.0}},
     orders=(Order("Hamming+stability is more robust (PGD) than stability only", "hamming_stability",
-                  "stability_only", "pgd_linf_%", (40.54, 20.11), strict_metric="worst_linf_%"),
+                  "stability_only", PGD_LINF_PCT, (40.54, 20.11), strict_metric=WORST_LINF_PCT),
             Order("Hamming+stability is more robust (PGD) than Hamming only", "hamming_stability", "hamming_only",
-                  "pgd_linf_%", (40.54, 24.87), strict_metric="worst_linf_%"),
+                  PGD_LINF_PCT, (40.54, 24.87), strict_metric=WORST_LINF_PCT),
             Order("PGD-AT is more robust (PGD) than Hamming+stability", "pgd_at", "hamming_stability",
-                  "pgd_linf_%", (45.8, 40.54), strict_metric="worst_linf_%"),
+                  PGD_LINF_PCT, (45.8, 40.54), strict_metric=WORST_LINF_PCT),
             Order("Hamming+stability is more robust (PGD) than plain FGSM-AT", "hamming_stability", "fgsm_at",
-                  "pgd_linf_%", (40.54, 0.0), strict_metric="worst_linf_%")),
+                  PGD_LINF_PCT, (40.54, 0.0), strict_metric=WORST_LINF_PCT)),
 )
 
 TABLE4 = PaperTable(
     key="table4", title="Table 4", dataset="cifar10", model="preactresnet18",
     setting="PreActResNet18, CIFAR-10, PGD at L-inf 8/255",
     rows={"hamming_stability": "sparse", "dense_laplacian": "dense"},
-    values={"hamming_stability": {"clean_%": 69.95, "pgd_linf_%": 40.54},
-            "dense_laplacian": {"clean_%": 64.08, "pgd_linf_%": 35.04}},
+    values={"hamming_stability": {CLEAN_PCT: 69.95, PGD_LINF_PCT: 40.54},
+            "dense_laplacian": {CLEAN_PCT: 64.08, PGD_LINF_PCT: 35.04}},
     orders=(Order("The sparse regularizer is more robust (PGD) than the dense Laplacian", "hamming_stability",
-                  "dense_laplacian", "pgd_linf_%", (40.54, 35.04), strict_metric="worst_linf_%"),
+                  "dense_laplacian", PGD_LINF_PCT, (40.54, 35.04), strict_metric=WORST_LINF_PCT),
             Order("The sparse regularizer has higher clean accuracy than the dense Laplacian", "hamming_stability",
-                  "dense_laplacian", "clean_%", (69.95, 64.08))),
+                  "dense_laplacian", CLEAN_PCT, (69.95, 64.08))),
 )
 
 APPENDIX_B = PaperTable(
     key="appendix_b", title="Appendix B", dataset="cifar10", model=None,
     setting="nearest-neighbour L2 distances of 10,000 of the 50,000 CIFAR-10 training images",
     rows={"data": "training images"},
-    values={"data": {"mean": 9.597, "median": 9.405, "p10": 5.867}},
+    values={"data": {NN_MEAN: 9.597, NN_MEDIAN: 9.405, NN_P10: 5.867}},
     percent=False,
     notes=("The paper also reports 21 images (0.21%) closer than twice the L2 radius of the 8/255 ball "
            "(2 x 1.739); neighbour_stats.json gives ours.",),
@@ -176,8 +204,6 @@ def proportion_interval(k: int, n: int, level: float = CONFIDENCE) -> tuple[floa
     """The exact two-sided ``level`` interval of a binomial proportion from ``k`` successes in ``n``
     trials (Clopper & Pearson 1934): the beta quantiles ``B(a/2; k, n-k+1)`` and ``B(1-a/2; k+1, n-k)``,
     ``a = 1 - level``, with 0 and 1 at ``k = 0`` and ``k = n``."""
-    from scipy.stats import beta
-
     if not (isinstance(k, int) and isinstance(n, int) and 0 <= k <= n and n > 0):
         raise ValueError(f"need integers 0 <= k <= n, n > 0; got k={k!r}, n={n!r}")
     if not 0 < level < 1:
@@ -245,8 +271,8 @@ def order_verdict(order: Order, better: float | None, worse: float | None,
     if better is None or worse is None:
         return "not testable here (not measured in this profile)"
     margin = (worse - better) if order.lower_is_better else (better - worse)
-    unit = " minutes" if order.metric == "train_minutes" else " points"
-    if order.metric == "train_minutes" and better > 0:
+    unit = " minutes" if order.metric == TRAIN_MINUTES else " points"
+    if order.metric == TRAIN_MINUTES and better > 0:
         ratio = f", {worse / better:.1f}x"
     else:
         ratio = ""
@@ -264,8 +290,8 @@ def _sample_size(ours: pd.DataFrame, run: str, col: str, v: float,
                  outcomes: Callable[[str, str], pd.Series | None] | None) -> int | None:
     """How many examples ours's percentage ``v`` was measured on: the table's ``n`` column, else the
     number of per-example ``outcomes`` if their mean is ``v`` (else None: no interval is stated)."""
-    if "n" in ours.columns and _number(ours.at[run, "n"]):
-        return int(ours.at[run, "n"])
+    if N in ours.columns and _number(ours.at[run, N]):
+        return int(ours.at[run, N])
     per_example = None if outcomes is None else outcomes(run, col)
     if per_example is None or per_example.empty or abs(100 * per_example.mean() - v) > 0.01:
         return None
@@ -289,10 +315,10 @@ def compare(table: PaperTable, ours: pd.DataFrame, models: Mapping[str, str], da
         for col, paper_value in cols.items():
             v = _number(ours.at[run, col]) if run in ours.index and col in ours.columns else None
             n = None if v is None or gap or not table.percent else _sample_size(ours, run, col, v, outcomes)
-            rows.append({"paper_row": table.rows[run], "run": run, "metric": col, "paper": paper_value,
-                         "ours": "-" if v is None else round(v, 3),  # a difference only where the settings match
-                         "ours_minus_paper": "-" if v is None or gap else round(v - paper_value, 3),
-                         "verdict": number_verdict(paper_value, v, table.percent, gap, n)})
+            rows.append({PAPER_ROW: table.rows[run], RUN: run, METRIC: col, PAPER_VALUE: paper_value,
+                         OURS: "-" if v is None else round(v, 3),  # a difference only where the settings match
+                         OURS_MINUS_PAPER: "-" if v is None or gap else round(v - paper_value, 3),
+                         VERDICT: number_verdict(paper_value, v, table.percent, gap, n)})
     def value(run: str, metric: str) -> float | None:
         return _number(ours.at[run, metric]) if run in ours.index and metric in ours.columns else None
 

@@ -9,9 +9,12 @@ from typing import Any
 
 import pandas as pd
 
+from robustlib.evaluation import schema
 from robustlib.pipeline import paths
 from robustlib.pipeline.params import run_config
-from robustlib.reporting.tables import run_summary, save_figure, sweep_figure, write_table
+from robustlib.reporting.figures import sweep_figure
+from robustlib.reporting.plots import save_figure
+from robustlib.reporting.tables import run_summary, write_table
 from robustlib.stages.common import input_dir, setup
 
 logger = logging.getLogger(__name__)
@@ -32,8 +35,8 @@ def run(params_file: str = "params.yaml", output_root: str = ".", input_root: st
     for r in ab["sweep_runs"]:
         cfg = run_config(env.params, r)
         gamma = {k: (v["weight"] if isinstance(v, dict) else float(v)) for k, v in cfg.objective.items()}
-        sweep_rows.append({**run_summary(inp, r), "gamma_H": gamma.get("hamming", 0.0),
-                           "gamma_S": gamma.get("stability", 0.0)})
+        sweep_rows.append({**run_summary(inp, r), schema.GAMMA_H: gamma.get("hamming", 0.0),
+                           schema.GAMMA_S: gamma.get("stability", 0.0)})
     sweep = pd.DataFrame(sweep_rows).round(3)
     write_table(sweep, paths.tables_dir(env.out) / "ablation_sweep")
     fig = save_figure(sweep_figure(sweep), paths.figures_dir(env.out) / "ablation_sweep.png")

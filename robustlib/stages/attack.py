@@ -1,4 +1,5 @@
-"""The attack stage: every attack on one named run, per-example worst case, curves, sanity checks.
+"""The attack stage: every attack of the suite (``robustlib.evaluation.suite``) on one named run,
+per-example worst case, curves, sanity checks.
 
 Outputs (``robustlib.pipeline.paths``): per-example results (test index, clean correct, robust under each
 attack, worst case per threat model), robustness curves (robust accuracy vs eps, PGD and FGSM, with
@@ -10,22 +11,23 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 from typing import Any
 
+import pandas as pd
 import torch
+from torch import nn
 
-from robustlib.attacks import autoattack, fgsm, pgd, transfer
-from robustlib.attacks.perceptual import NEEDS_LPIPS, PERCEPTUAL_ATTACKS, THREAT_OF
 from robustlib.data.datasets import Split, dataset_info
 from robustlib.evaluation import checks, schema
-from robustlib.evaluation.worst_case import evaluate_attacks, robustness_curves
+from robustlib.evaluation.curves import add_autoattack_points, robustness_curves
+from robustlib.evaluation.suite import AUTOATTACK, LINF, AttackSuite, attack_suite, needs_lpips, transfer_source
+from robustlib.evaluation.worst_case import evaluate_attacks
 from robustlib.pipeline import paths
 from robustlib.pipeline.io import load_model, read_json, write_json
 from robustlib.pipeline.parallel import Background
 from robustlib.pipeline.params import all_runs, has_run
 from robustlib.stages.common import StageEnv, setup, test_examples
-from robustlib.threat import ThreatModel
+from robustlib.threat import NORMS
 
 logger = logging.getLogger(__name__)
 
@@ -33,95 +35,63 @@ logger = logging.getLogger(__name__)
 def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> dict[str, Any]:
     """Attack named run ``run``; write per-example results, curves and metrics; return the metrics."""
     env = setup(params_file, output_root, f"attack@{run}")
-    ap = env.params["attack"]
     if not has_run(env.params, run):
         raise ValueError(f"unknown run {run!r}; runs: {all_runs(env.params)}")
     t_start = time.perf_counter()
+    ap, seed = env.params["attack"], int(env.params["base"]["seed"])
     model = load_model(paths.model_path(env.out, run)).to(env.device)
     x, y, idx = test_examples(env, run, int(ap["n_test"]))
     x, y = x.to(env.device), y.to(env.device)
-    seed = int(env.params["base"]["seed"])
-    info = dataset_info(Split.load(paths.split_path(env.out, run)).dataset)
-    linf, l2 = ThreatModel("linf", float(ap["linf_eps"])), ThreatModel("l2", float(ap["l2_eps"]))
-    steps, restarts, bs = int(ap["pgd_steps"]), int(ap["pgd_restarts"]), int(ap["batch_size"])
-    aa = partial(autoattack, version=ap["autoattack_version"], seed=seed, batch_size=bs,
-                 square_escalation=int(ap["square_escalation"]), square_queries=int(ap["square_queries"]))
+    source = transfer_source(ap, run)  # models in this order: loading one draws from the global RNG
+    source_model = load_model(paths.model_path(env.out, source)).to(env.device) if source else None
+    lpips_net, lpips_info = _lpips_network(env) if needs_lpips(ap) else (None, None)
+    suite = attack_suite(ap, seed, x.device, transfer_source=source_model, lpips_net=lpips_net)
+    table, curve, seconds = _evaluate(env, run, model, x, y, idx, suite)
+    t_sanity = time.perf_counter()
+    sanity = _sanity_checks(env, run, model, suite, curve, table)
+    seconds["sanity"] = round(time.perf_counter() - t_sanity, 2)
+    metrics = {"run": run, "n": len(idx), **_settings(suite), **schema.accuracies(table), "lpips_network": lpips_info,
+               "not_applicable": dict(table.attrs.get("not_applicable", {})), "sanity": sanity, "seconds": seconds,
+               "minutes": round((time.perf_counter() - t_start) / 60, 3)}
+    metrics["autoattack"].update({norm: table.attrs["info"].get(AUTOATTACK[norm], {}) for norm in NORMS})
+    write_json(metrics, paths.attack_metrics_path(env.out, run))
+    return metrics
 
-    def gen() -> torch.Generator:
-        return torch.Generator(device=x.device).manual_seed(seed)
 
-    attacks = {
-        "fgsm_linf": partial(fgsm, threat=linf),
-        "pgd_linf": partial(pgd, threat=linf, steps=steps, restarts=restarts, generator=gen(), batch_size=bs),
-        "aa_linf": partial(aa, threat=linf),
-        "pgd_l2": partial(pgd, threat=l2, steps=steps, restarts=restarts, generator=gen(), batch_size=bs),
-        "aa_l2": partial(aa, threat=l2),
-    }
-    threats = {"fgsm_linf": linf, "pgd_linf": linf, "aa_linf": linf, "pgd_l2": l2, "aa_l2": l2}
-    source = ap.get("transfer_from")
-    if source and source != run:
-        src_model = load_model(paths.model_path(env.out, source)).to(env.device)
-        attacks["transfer_linf"] = partial(transfer, src_model, threat=linf, steps=steps, restarts=restarts,
-                                           generator=gen(), batch_size=bs)
-        threats["transfer_linf"] = linf
-    lpips_net, lpips_info = None, None
-    for name, eps in (ap.get("perceptual") or {}).items():
-        if name not in PERCEPTUAL_ATTACKS:
-            raise ValueError(f"attack.perceptual: unknown attack {name!r}; known: {sorted(PERCEPTUAL_ATTACKS)}")
-        kwargs = {"eps": float(eps)}
-        if name in NEEDS_LPIPS:
-            if lpips_net is None:
-                lpips_net, lpips_info = _lpips_network(env)
-            kwargs["lpips_net"] = lpips_net
-        attacks[name] = partial(PERCEPTUAL_ATTACKS[name], **kwargs)
-    group = {**{a: t.norm for a, t in threats.items()}, **{a: THREAT_OF[a] for a in attacks if a not in threats}}
-
-    processes = int(ap["processes"]) if x.device.type == "cpu" else 1
-    n_curve = int(ap["curve_n"])
-    grids = {n: ap[f"curve_{n}_eps"] for n in ("linf", "l2")}
-    curves = Background(robustness_curves, model, x[:n_curve], y[:n_curve], grids, steps, restarts, seed, bs,
-                        enabled=processes > 1)  # alongside the attacks
-    table = evaluate_attacks(model, x, y, attacks, index=idx, threats=threats, groups=group, batch_size=bs,
-                             seed=seed, processes=processes)  # worst case per threat model, over its attacks
+def _evaluate(env: StageEnv, run: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: list[int],
+              suite: AttackSuite) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """Every attack of the suite (worst case per threat model, over its attacks) with the curves computed
+    alongside; both written. Returns the per-example table, the curves and the seconds spent."""
+    processes = suite.processes_on(x.device)
+    curves = Background(robustness_curves, model, x, y, suite.curve, enabled=processes > 1)  # alongside
+    table = evaluate_attacks(model, x, y, suite.callables(), index=idx, threats=suite.threats(), groups=suite.groups(),
+                             batch_size=suite.batch_size, seed=suite.seed, processes=processes)
     schema.save_results(table, paths.attack_results_path(env.out, run))
-    not_applicable = dict(table.attrs.get("not_applicable", {}))
     seconds = dict(table.attrs.get("seconds", {}))
     t_curve = time.perf_counter()
     curve = curves.result()
-    for norm, threat in (("linf", linf), ("l2", l2)):  # AutoAttack points at the standard eps (all n examples)
-        curve.loc[len(curve)] = [norm, threat.eps, "autoattack", float(table[schema.robust(f"aa_{norm}")].mean())]
-    curve_path = paths.attack_curve_path(env.out, run)
-    curve_path.parent.mkdir(parents=True, exist_ok=True)
-    curve.to_csv(curve_path, index=False, float_format="%.6g")
-
+    add_autoattack_points(curve, table, suite)  # AutoAttack at the standard eps (all n examples)
+    schema.save_curve(curve, paths.attack_curve_path(env.out, run))
     seconds["curves_after_attacks"] = round(time.perf_counter() - t_curve, 2)  # run alongside when processes > 1
-    t_sanity = time.perf_counter()
-    xs, ys, sidx = test_examples(env, run, int(ap["sanity"]["n"]))  # may exceed n_test: the budget check's
-    sanity = checks.evaluation_sanity_checks(model, xs.to(env.device), ys.to(env.device), curve, table, run,
-                                             env.params, info.num_classes, seed,
-                                             index=sidx)  # 0.5-point tolerance needs >= 200 examples
-    if run == ap["sanity"].get("undefended_run"):  # positive controls of the perceptual attacks
-        sanity["perceptual_controls"] = checks.check_positive_controls(
-            table, ap["sanity"].get("perceptual_max_acc") or {}, run)
-    seconds["sanity"] = round(time.perf_counter() - t_sanity, 2)
-    metrics = {
-        "run": run,
-        "n": len(idx),
-        "linf_eps": linf.eps,
-        "l2_eps": l2.eps,
-        **schema.accuracies(table),
-        "perceptual_budgets": {k: float(v) for k, v in (ap.get("perceptual") or {}).items()},
-        "lpips_network": lpips_info,
-        "not_applicable": not_applicable,
-        "sanity": sanity,
-        "autoattack": {"version": ap["autoattack_version"], "square_queries": int(ap["square_queries"]),
-                       "square_escalation": int(ap["square_escalation"]),
-                       **{n: table.attrs["info"].get(f"aa_{n}", {}) for n in ("linf", "l2")}},
-        "seconds": seconds,
-        "minutes": round((time.perf_counter() - t_start) / 60, 3),
-    }
-    write_json(metrics, paths.attack_metrics_path(env.out, run))
-    return metrics
+    return table, curve, seconds
+
+
+def _sanity_checks(env: StageEnv, run: str, model: nn.Module, suite: AttackSuite, curve: pd.DataFrame,
+                   table: pd.DataFrame) -> dict[str, Any]:
+    """``checks.evaluation_sanity_checks`` on the first ``attack.sanity.n`` test examples (may exceed
+    n_test: the budget check's 0.5-point tolerance needs >= 200 examples)."""
+    num_classes = dataset_info(Split.load(paths.split_path(env.out, run)).dataset).num_classes
+    xs, ys, sidx = test_examples(env, run, suite.sanity.n)
+    return checks.evaluation_sanity_checks(model, xs.to(env.device), ys.to(env.device), curve, table, run, suite,
+                                           num_classes, index=sidx)
+
+
+def _settings(suite: AttackSuite) -> dict[str, Any]:
+    """The metrics' record of the suite's budgets: the standard eps, the perceptual budgets, AutoAttack's."""
+    aa = suite[AUTOATTACK[LINF]].budget  # the same settings at L2
+    return {**{schema.eps_key(norm): suite.threat(norm).eps for norm in NORMS},
+            "perceptual_budgets": suite.perceptual_budgets(),
+            "autoattack": {k: aa[k] for k in ("version", "square_queries", "square_escalation")}}
 
 
 def _lpips_network(env: StageEnv):

@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
+from robustlib.data.datasets import Split
+from robustlib.data.datasets import data_root as resolve_data_root
 from robustlib.pipeline import params as P
+from robustlib.pipeline import paths
 
 logger = logging.getLogger(__name__)
 
@@ -27,17 +30,13 @@ class StageEnv:
 
     @property
     def data_root(self) -> Path:
-        from robustlib.data.datasets import data_root
-
-        return data_root(self.root / self.params["base"]["data_root"])
+        return resolve_data_root(self.root / self.params["base"]["data_root"])
 
 
 def input_dir(env: StageEnv, input_root: str | None) -> Path:
     """Where a cross-run stage reads the per-run stages' outputs: ``input_root`` (relative to the
     project root); ``None``: the output root itself; ``""``: the active profile's pipeline results,
     ``reports/<base.profile>`` (what a notebook opened in JupyterLab reads)."""
-    from robustlib.pipeline import paths
-
     if input_root is None:
         return env.out
     if input_root == "":
@@ -47,9 +46,6 @@ def input_dir(env: StageEnv, input_root: str | None) -> Path:
 
 def test_examples(env: StageEnv, run: str, n: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """The first ``n`` test examples of the run's saved split (``Split.test_examples``)."""
-    from robustlib.data.datasets import Split
-    from robustlib.pipeline import paths
-
     return Split.load(paths.split_path(env.out, run)).test_examples(n, env.data_root)
 
 

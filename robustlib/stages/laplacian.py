@@ -11,9 +11,12 @@ import pandas as pd
 
 from robustlib.data.datasets import Split, load_split
 from robustlib.data.neighbours import nearest_other_distances, sample_indices, summarize
+from robustlib.evaluation import schema
 from robustlib.pipeline import paths
 from robustlib.pipeline.io import write_json
-from robustlib.reporting.tables import neighbour_histogram, run_summary, save_figure, write_table
+from robustlib.reporting.figures import neighbour_histogram
+from robustlib.reporting.plots import save_figure
+from robustlib.reporting.tables import run_summary, write_table
 from robustlib.stages.common import input_dir, setup
 from robustlib.threat import ThreatModel
 
@@ -33,7 +36,7 @@ def run(params_file: str = "params.yaml", output_root: str = ".", input_root: st
             continue
         if r not in env.params["runs"]:
             raise ValueError(f"laplacian: unknown run {r!r}; runs: {sorted(env.params['runs'])}")
-        rows.append({"regularizer": form, **run_summary(inp, r)})
+        rows.append({schema.REGULARIZER: form, **run_summary(inp, r)})
     table = pd.DataFrame(rows).round(2)
     write_table(table, paths.tables_dir(env.out) / "laplacian_table4")
 

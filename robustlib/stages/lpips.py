@@ -9,31 +9,20 @@ and records its test accuracy and the checkpoint's SHA-256 with every attack res
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from robustlib.data.datasets import load_split, make_split
 from robustlib.evaluation.accuracy import accuracy
 from robustlib.pipeline import paths
-from robustlib.pipeline.io import save_model, write_json
+from robustlib.pipeline.io import file_digest, save_model, write_json
 from robustlib.pipeline.params import lpips_config
 from robustlib.stages.common import setup
 from robustlib.training.loop import train
 
 logger = logging.getLogger(__name__)
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (the LPIPS checkpoint's identity in the attack results)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run(params_file: str = "params.yaml", output_root: str = ".", progress: bool = True) -> dict[str, Any]:
@@ -57,7 +46,7 @@ def run(params_file: str = "params.yaml", output_root: str = ".", progress: bool
     shape = {k: v for k, v in cfg.model_kwargs.items() if k not in ("mean", "std")}
     metrics = {"model": cfg.model, "model_kwargs": shape,
                "epochs": cfg.epochs, "test_acc": test_acc, "val_acc": result.history[-1].get("val_acc"),
-               "sha256": file_sha256(out), "train_minutes": round(result.train_seconds / 60, 3),
+               "sha256": file_digest(out), "train_minutes": round(result.train_seconds / 60, 3),
                "minutes": round((time.perf_counter() - t0) / 60, 3)}
     write_json(metrics, paths.lpips_metrics_path(env.out))
     logger.info("LPIPS network %s: test accuracy %.4f", cfg.model, test_acc)

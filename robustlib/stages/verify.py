@@ -24,17 +24,17 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from functools import partial
 from typing import Any
 
 import pandas as pd
 import torch
 
-from robustlib.attacks import autoattack, pgd
+from robustlib.attacks.gradient import pgd
 from robustlib.bounds.intervals import ibp_certified
 from robustlib.bounds.lipschitz import lipschitz_certified_radius, lipschitz_upper_bound
 from robustlib.evaluation.checks import SanityCheckError
 from robustlib.evaluation.schema import INDEX, flags, load_results, robust, worst
+from robustlib.evaluation.suite import AA_LINF, autoattack_in
 from robustlib.evaluation.worst_case import evaluate_attacks
 from robustlib.pipeline import paths
 from robustlib.pipeline.io import atomic_write, load_model, write_json
@@ -149,21 +149,19 @@ def _autoattack_robust(model, x, y, idx, eps: float, ap: dict, attack_table: pd.
     succeed), in one forked worker with one torch thread (several threads on a busy small machine made
     it 6x slower). Returns the flags, their source, the seconds spent and the examples attacked."""
     if abs(eps - float(ap["linf_eps"])) < 1e-12 and set(idx) <= set(attack_table.index):
-        ok = torch.tensor(attack_table.loc[list(idx), robust("aa_linf")].to_numpy(dtype=bool))
+        ok = torch.tensor(attack_table.loc[list(idx), robust(AA_LINF)].to_numpy(dtype=bool))
         return pgd_ok & ok, "attack stage", 0.0, 0
     todo = (pgd_ok & ~verified).nonzero().flatten()
     ok = pgd_ok.clone()
     if len(todo) == 0:
         return ok, "verify stage", 0.0, 0
     threat = ThreatModel("linf", eps)
-    aa = partial(autoattack, threat=threat, version=ap["autoattack_version"], seed=seed,
-                 batch_size=int(ap["batch_size"]), square_escalation=int(ap["square_escalation"]),
-                 square_queries=int(ap["square_queries"]))
+    aa = autoattack_in(ap, seed, threat)  # the attack stage's AutoAttack (robustlib.evaluation.suite), at eps
     t0 = time.perf_counter()
-    table = Background(evaluate_attacks, model, x[todo], y[todo], {"aa_linf": aa}, index=[idx[i] for i in todo],
-                       threats={"aa_linf": threat}, batch_size=int(ap["batch_size"]),
+    table = Background(evaluate_attacks, model, x[todo], y[todo], {aa.name: aa}, index=[idx[i] for i in todo],
+                       threats={aa.name: threat}, batch_size=int(ap["batch_size"]),
                        seed=seed).result()
-    ok[todo] = flags(table, robust("aa_linf"))
+    ok[todo] = flags(table, robust(aa.name))
     return ok, "verify stage", round(time.perf_counter() - t0, 2), len(todo)
 
 
