@@ -230,7 +230,7 @@ def test_a_failing_stage_fails_its_dependents_and_the_rest_is_recorded(tmp_path,
 # ----------------------------------------------------------------------------------------- verify shards
 def test_shards_computed_apart_merge_into_the_single_process_results(tmp_path, monkeypatch):
     import robustlib.verification.shards as V
-    from robustlib.attacks import pgd
+    from robustlib.attacks.gradient import pgd
     from robustlib.models import build_model
     from robustlib.scaleout import shards
     from robustlib.threat import ThreatModel

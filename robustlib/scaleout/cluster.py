@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from dask_jobqueue import SLURMCluster
+from distributed import Nanny, Scheduler, SpecCluster
+
 from robustlib.scaleout.config import ScaleoutConfig
 
 logger = logging.getLogger(__name__)
@@ -32,8 +36,6 @@ def worker_env(cfg: ScaleoutConfig) -> dict[str, str]:
 def cuda_devices() -> int:
     """CUDA devices visible here (0 without torch's CUDA)."""
     try:
-        import torch
-
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception as err:  # a broken CUDA set-up counts as none
         logger.warning("CUDA not usable here: %s", err)
@@ -44,8 +46,6 @@ def local_cluster(cfg: ScaleoutConfig, workers: int | None = None, gpus: int | N
     """``workers`` (default ``cfg.workers``) worker processes on this machine. With ``gpus`` devices here
     (default: those CUDA sees), worker ``i`` sees device ``i mod gpus`` and holds ``gpus_per_worker`` of the
     ``GPU`` resource."""
-    from distributed import Nanny, Scheduler, SpecCluster
-
     n = int(workers or cfg.workers)
     devices = cuda_devices() if gpus is None else int(gpus)
     per_worker = cfg.gpus(devices)
@@ -97,8 +97,6 @@ def slurm_kwargs(cfg: ScaleoutConfig, root: str | Path) -> dict[str, Any]:
 
 def slurm_cluster(cfg: ScaleoutConfig, root: str | Path, workers: int | None = None, **overrides: Any) -> Any:
     """A dask-jobqueue ``SLURMCluster`` (``slurm_kwargs``, then ``overrides``) scaled to ``workers`` jobs."""
-    from dask_jobqueue import SLURMCluster
-
     kwargs = slurm_kwargs(cfg, root)
     kwargs.update(overrides)
     cluster = SLURMCluster(**kwargs)

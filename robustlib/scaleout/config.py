@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dask.utils import parse_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,6 @@ def resolve(raw: Mapping[str, Any], profile: str, known_profiles: set[str] | Non
     if missing:
         raise ScaleoutConfigError(f"{CONFIG_FILE}: {profile} lacks {missing} (set them under default)")
     where = f"{CONFIG_FILE}: {profile}"
-    from dask.utils import parse_bytes
-
     try:
         memory = parse_bytes(s["memory_per_worker"])
     except (ValueError, TypeError) as err:

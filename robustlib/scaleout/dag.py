@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import chdir
 from dataclasses import dataclass
 from pathlib import Path
+
+import networkx as nx
+from dvc.repo import Repo, lock_repo
+from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +56,6 @@ class Plan:
 def plan(root: str | Path, targets: Sequence[str] | None = None) -> Plan:
     """The plan of ``dvc repro [targets]`` run in the repository at ``root`` (default: every stage of its
     dvc.yaml; targets are resolved from ``root``, as DVC resolves them from the working directory)."""
-    from contextlib import chdir
-
-    import networkx as nx
-    from dvc.repo import Repo, lock_repo
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-
     with chdir(root), Repo(str(root)) as repo, lock_repo(repo):
         graph = get_active_graph(repo.index.graph)
         steps = plan_repro(graph, collect_stages(repo, list(targets or ["dvc.yaml"])))

@@ -22,6 +22,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import dask
+import yaml
+from distributed import Client
+
 from robustlib.scaleout import cluster as C
 from robustlib.scaleout import config as K
 from robustlib.scaleout import dag, tasks
@@ -35,8 +39,6 @@ class ParallelReproError(RuntimeError):
 
 
 def _profile_params(root: Path) -> dict[str, Any]:
-    import yaml
-
     return yaml.safe_load((root / "params.yaml").read_text())
 
 
@@ -93,9 +95,6 @@ def reproduce(root: str | Path = ".", workers: int | None = None, slurm: bool = 
     """Bring the pipeline at ``root`` up to date on Dask workers: ``workers`` local processes (default:
     scaleout.yaml), Slurm jobs (``slurm``), or an existing scheduler (``address``). Returns (and with
     ``summary`` writes as JSON) what ran where and for how long."""
-    import dask
-    from distributed import Client
-
     root = Path(root).resolve()
     params = _profile_params(root)
     cfg = K.load(root, params["base"]["profile"])

@@ -25,6 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
+from robustlib.attacks.gradient import pgd
+from robustlib.pipeline import paths
+from robustlib.pipeline.io import load_model
+from robustlib.stages.common import setup, test_examples
+from robustlib.threat import ThreatModel
+from robustlib.verification.shards import _save_shard, _shard_file, verify, verify_key
+from robustlib.verification.solvers import solver_settings
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,9 +64,6 @@ def plan_shards(params: Mapping[str, Any], run: str) -> list[Shard]:
 def shard_key(model, x, y, counterexamples, eps: float, vp: Mapping[str, Any], seed: int) -> str:
     """The hash under which ``verify`` saves and looks up the stage's shards: the same settings that
     ``verify`` hashes, from the arguments the verify stage passes (``attack_steps`` at ``verify``'s default)."""
-    from robustlib.verification.shards import verify, verify_key
-    from robustlib.verification.solvers import solver_settings
-
     attack_steps = inspect.signature(verify).parameters["attack_steps"].default
     solver = str(vp["solver"])
     kw = dict(eps=float(eps), norm="linf", time_limit=float(vp["time_limit"]), bounds=vp["bounds"],
@@ -70,8 +78,6 @@ def compute_block(model, x, y, counterexamples, eps: float, vp: Mapping[str, Any
                   shard_dir: Path, processes: int = 1) -> Path | None:
     """Compute and save the block of examples starting at ``start`` as ``verify`` would save it (the
     file, and ``None`` when ``start`` lies past the last example)."""
-    from robustlib.verification.shards import _save_shard, _shard_file, verify
-
     n, size = len(y), int(vp["shard_size"])
     if start >= n:
         return None
@@ -94,18 +100,8 @@ def compute_block(model, x, y, counterexamples, eps: float, vp: Mapping[str, Any
 def compute_stage_shard(run: str, eps: float, start: int, params_file: str = "params.yaml",
                         output_root: str | None = None, processes: int | None = None) -> dict[str, Any]:
     """One shard of ``verify@run`` in the workspace of the working directory, from the stage's own inputs."""
-    import torch
-
-    from robustlib.attacks import pgd
-    from robustlib.pipeline import paths
-    from robustlib.pipeline.io import load_model
-    from robustlib.stages.common import setup, test_examples
-    from robustlib.threat import ThreatModel
-
     t0 = time.perf_counter()
     if output_root is None:
-        import yaml
-
         output_root = f"reports/{yaml.safe_load(Path(params_file).read_text())['base']['profile']}"
     env = setup(params_file, output_root)
     vp, seed = env.params["verify"], int(env.params["base"]["seed"])

@@ -14,10 +14,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from distributed import Lock, get_worker
+from dvc.repo import Repo, lock_repo
+from dvc.stage.cache import RunCacheNotFoundError
+from dvc.stage.run import cmd_run
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +35,6 @@ DVC_LOCK = "robustlib-scaleout-dvc"  # the Dask Lock that serializes DVC bookkee
 def dvc_repo(root: str | Path):
     """DVC's ``Repo`` at ``root`` with its repository lock held, while holding the Dask lock ``DVC_LOCK``
     (through the worker's client in a task, the current client in the driver)."""
-    from distributed import Lock
-    from dvc.repo import Repo, lock_repo
-
     with Lock(DVC_LOCK):
         repo = Repo(str(root))
         try:
@@ -50,8 +54,6 @@ def find_stage(repo: Any, name: str) -> Any:
 
 def _where() -> str:
     try:
-        from distributed import get_worker
-
         return get_worker().address
     except ValueError:  # not on a worker (tests call the function directly)
         return f"{socket.gethostname()}:{os.getpid()}"
@@ -61,9 +63,6 @@ def run_stage(root: str, name: str, *upstream: Any) -> dict[str, Any]:
     """Bring stage ``name`` up to date in the workspace ``root`` (``upstream``: the results of the tasks it
     waits for; unused). Returns its status (``up to date``, ``restored`` from the run cache, or ``ran``),
     seconds and the worker that ran it. Raises if the command fails (Dask then retries the task)."""
-    from dvc.stage.cache import RunCacheNotFoundError
-    from dvc.stage.run import cmd_run
-
     t0 = time.perf_counter()
     with dvc_repo(root) as repo:
         stage = find_stage(repo, name)
@@ -97,9 +96,6 @@ def record_stage(root: str | Path, name: str) -> None:
 def run_shard(root: str, run: str, eps: float, start: int, processes: int, *upstream: Any) -> dict[str, Any]:
     """Compute one verify shard (``robustlib.scaleout.shards``) in a fresh process in ``root``. A failure
     is reported, not raised: the verify stage then computes that block itself."""
-    import subprocess
-    import sys
-
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "robustlib.scaleout.shards", run, repr(float(eps)), str(int(start)),
            "--processes", str(int(processes))]

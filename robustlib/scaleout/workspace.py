@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import torch
 import yaml
 
 logger = logging.getLogger(__name__)
@@ -93,13 +95,9 @@ def normalized(path: Path, ws: Path) -> Any:
             obj.pop("commit", None)  # the workspace copy's own git commit
         return obj
     if path.suffix == ".csv":
-        import pandas as pd
-
         df = pd.read_csv(path)
         return df.drop(columns=[c for c in df.columns if "seconds" in c or "minutes" in c]).to_csv(index=False)
     if path.suffix == ".pt":
-        import torch
-
         blob = torch.load(path, map_location="cpu", weights_only=True)
         weights = {k: v.numpy().tobytes() for k, v in blob.pop("state_dict").items()}
         return weights, json.dumps(blob, sort_keys=True, default=str).replace(str(Path(ws).resolve()), "<workspace>")
@@ -109,8 +107,6 @@ def normalized(path: Path, ws: Path) -> Any:
 def milp_timeouts(a: Path, b: Path, rel: str) -> tuple[list[str], bool]:
     """Examples of a per-example verify table on which either run's MILP hit its time limit (wall-clock
     dependent), and whether the tables agree on every other example (all columns but ``seconds``)."""
-    import pandas as pd
-
     ta, tb = pd.read_csv(Path(a) / rel), pd.read_csv(Path(b) / rel)
     if list(ta.columns) != list(tb.columns) or len(ta) != len(tb) or "reason" not in ta.columns:
         return [], False
