@@ -59,10 +59,11 @@ def copy_workspace(root: str | Path, dest: str | Path, profile: str) -> Path:
 
 
 def output_files(ws: Path, profile: str) -> dict[str, str]:
-    """sha256 of every file under ``reports/<profile>/`` (relative path -> digest)."""
+    """sha256 of every file under ``reports/<profile>/`` (relative path -> digest), but the .gitignore
+    files DVC writes beside cached outputs (bookkeeping: they list whichever of them exist)."""
     base = Path(ws) / "reports" / profile
     return {str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(base.rglob("*")) if p.is_file()}
+            for p in sorted(base.rglob("*")) if p.is_file() and p.name != ".gitignore"}
 
 
 TIMING_KEYS = {"minutes", "seconds", "train_minutes", "verify_minutes", "aa_seconds", "duration", "start_time",
