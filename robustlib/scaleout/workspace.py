@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,8 @@ def normalized(path: Path, ws: Path) -> Any:
     if path.suffix == ".pt":
         blob = torch.load(path, map_location="cpu", weights_only=True)
         weights = {k: v.numpy().tobytes() for k, v in blob.pop("state_dict").items()}
-        return weights, json.dumps(blob, sort_keys=True, default=str).replace(str(Path(ws).resolve()), "<workspace>")
+        meta = json.dumps(blob, sort_keys=True, default=str)
+        return weights, re.sub(r"/[^\s'\",]*?/reports/", "<workspace>/reports/", meta)  # absolute -> workspace
     return path.read_bytes()
 
 
