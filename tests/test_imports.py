@@ -15,18 +15,12 @@ ALLOWED_IN_FUNCTION = {
     ("robustlib/attacks/autoattack.py", "pyautoattack"):
         "pyautoattack: imported only when AutoAttack runs (robustlib.attacks.autoattack's notes)",
     ("robustlib/stages/train.py", "dvclive"): "dvclive: the training log, loaded only when the train stage logs",
-    ("robustlib/verification/milp.py", "highspy"): "highspy: a MILP solver, loaded by the verifier that uses it",
-    ("robustlib/verification/milp.py", "pyscipopt"): "pyscipopt: the second MILP solver, loaded only when chosen",
+    ("robustlib/verification/solvers.py", "highspy"): "highspy: a MILP solver, loaded by the verifier that uses it",
+    ("robustlib/verification/solvers.py", "pyscipopt"): "pyscipopt: the second MILP solver, loaded only when chosen",
+    ("robustlib/training/runner.py", "dvclive"): "dvclive: the training log, loaded only when a run logs",
     ("robustlib/data/datasets.py", "torchvision"): "torchvision: only to read the raw dataset files once",
     # outside the attack-suite slice of issue 23 (their owners hoist them or name them here):
     ("robustlib/models.py", "torch.nn.utils.parametrizations"): "spectral norm, for spectral-norm models only",
-    ("robustlib/pipeline/params.py", "robustlib.training.loop"):
-        "validation of the runs' TrainConfig; pipeline/params.py is another slice's (every stage thereby runs it)",
-    ("robustlib/pipeline/params.py", "robustlib.data.datasets"): "the datasets' names and files (another slice's)",
-    ("robustlib/pipeline/params.py", "robustlib.verification.milp"):
-        "verify.solver's validation (another slice's; every stage thereby runs verification.milp)",
-    ("robustlib/regularizers/certified.py", "robustlib.bounds.intervals"): "regularizers: another slice's",
-    ("robustlib/regularizers/margins.py", "robustlib.bounds.intervals"): "regularizers: another slice's",
 }
 """(file, imported module or its package) -> why it is imported inside a function."""
 

@@ -3,13 +3,13 @@ its checks, the figures and report section on synthetic data, dvc.yaml against t
 sweep stages end to end in a small workspace with every params read checked against what dvc.yaml declares.
 (The sweep notebooks are checked thin and clean with the others in tests/test_pipeline_layout.py.)"""
 
-from __future__ import annotations
 
 import json
 import math
 import re
 import shutil
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,10 @@ import yaml
 
 from robustlib.pipeline import params as P
 from robustlib.pipeline import sweeps as S
+
+
+def _seeded_check(params, cell):
+    return S.check_seeded_runs(params, "verify", cell, partial(P.config_of, params))
 
 
 def _load(root, profile):
@@ -52,7 +56,7 @@ def test_cifar_sweep_expands_to_the_grid_with_only_the_weights_changed(root):
     base = P.run_config(params, "hamming_stability_verify")
     got = set()
     for name, cell in cells.items():
-        cfg = S.cell_config(params, name)
+        cfg = P.cell_config(params, name)
         h, s = cfg.objective["hamming"], cfg.objective["stability"]
         got.add((h["weight"], s["weight"]))
         assert name == S.cell_name("verify", h["weight"], s["weight"])
@@ -72,7 +76,7 @@ def test_readings_at_the_best_cell_add_named_cells(root):
     extra = list(params["sweep_cells"])[12:]
     assert extra == ["verify_h90_s0p04_sum_sq_over_m", "verify_h90_s0p04_mean_of_sq"]
     for name, reading in zip(extra, ("sum_sq_over_m", "mean_of_sq"), strict=True):
-        cfg = S.cell_config(params, name)
+        cfg = P.cell_config(params, name)
         assert cfg.objective["hamming"] == {"weight": 90.0, "alpha": 8.0, "reading": reading}
         assert cfg.objective["stability"] == {"weight": 0.04}
         assert params["sweep_cells"][name]["reading"] == reading
@@ -83,7 +87,7 @@ def test_mnist_sweep_scales_both_weights_together_on_the_cw_cnn(root):
     cells = params["sweep_cells"]
     assert list(cells) == ["cw_h2400_s0p8", "cw_h240_s0p08", "cw_h24_s0p008", "cw_h2p4_s0p0008"]
     for name in cells:
-        cfg = S.cell_config(params, name)
+        cfg = P.cell_config(params, name)
         assert cfg.model == "cwcnn" and cfg.epochs == 5 and cfg.eps == pytest.approx(0.3)
         assert cfg.objective["hamming"]["weight"] / cfg.objective["stability"]["weight"] == pytest.approx(3000)
     assert params["sweeps"]["cw"]["autoattack"]["n_test"] >= 1
@@ -187,22 +191,22 @@ def _seeded_profile(root, seeds=(0, 1, 2), hamming=None, stability=0.04, epochs=
 
 def test_seeded_runs_must_carry_the_selected_setting(root):
     ok = _seeded_profile(root)
-    assert S.check_seeded_runs(ok, "verify", "verify_h90_s0p04") == []
+    assert _seeded_check(ok, "verify_h90_s0p04") == []
     assert "does not carry the selected setting 'verify_h900_s0p04'" in \
-        S.check_seeded_runs(ok, "verify", "verify_h900_s0p04")[0]
-    bad_weight = S.check_seeded_runs(_seeded_profile(root, stability=0.4), "verify", "verify_h90_s0p04")
+        _seeded_check(ok, "verify_h900_s0p04")[0]
+    bad_weight = _seeded_check(_seeded_profile(root, stability=0.4), "verify_h90_s0p04")
     assert len(bad_weight) == 3 and "objective" in bad_weight[0]
     reading = {"weight": 90.0, "alpha": 8.0, "reading": "mean_of_sq"}
-    assert S.check_seeded_runs(_seeded_profile(root, hamming=reading), "verify", "verify_h90_s0p04")
+    assert _seeded_check(_seeded_profile(root, hamming=reading), "verify_h90_s0p04")
     # the reading cell is selected: runs without the reading fail, runs with it pass
     with_reading = _with(_seeded_profile(root, hamming=reading), "verify",
                          readings_at={"gamma_h": 0.01, "gamma_s": 0.1})
-    assert S.check_seeded_runs(with_reading, "verify", "verify_h90_s0p04_mean_of_sq") == []
-    assert S.check_seeded_runs(with_reading, "verify", "verify_h90_s0p04")
-    assert "have seeds [0, 1]" in S.check_seeded_runs(_seeded_profile(root, seeds=(0, 1)), "verify",
+    assert _seeded_check(with_reading, "verify_h90_s0p04_mean_of_sq") == []
+    assert _seeded_check(with_reading, "verify_h90_s0p04")
+    assert "have seeds [0, 1]" in _seeded_check(_seeded_profile(root, seeds=(0, 1)),
                                                       "verify_h90_s0p04")[0]
-    assert "epochs" in S.check_seeded_runs(_seeded_profile(root, epochs=50), "verify", "verify_h90_s0p04")[0]
-    assert "no cell was selected" in S.check_seeded_runs(ok, "verify", None)[0]
+    assert "epochs" in _seeded_check(_seeded_profile(root, epochs=50), "verify_h90_s0p04")[0]
+    assert "no cell was selected" in _seeded_check(ok, None)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,8 +249,8 @@ def _synthetic_curves(rows):
 
 
 def test_figures_and_table_on_synthetic_sweeps(tmp_path):
+    from robustlib.reporting.plots import save_figure
     from robustlib.reporting.sweep import accuracy_figure, cells_table, diagnostics_figure, references_table
-    from robustlib.reporting.tables import save_figure
 
     rows = _synthetic_rows()
     refs = [{"run": "rs_loss", "n": 1000, "clean_acc": 0.344, "pgd_linf_acc": 0.245, "aa_linf_acc": 0.226,
@@ -481,4 +485,4 @@ def test_sweep_stages_end_to_end(root, tmp_path, monkeypatch):
         stage.train_cell(new[0], "params.yaml", "reports/tiny", progress=False)
         stage.eval_cell(new[0], "params.yaml", "reports/tiny")
         with pytest.raises(ValueError, match="is not the best grid cell"):
-            stage.select("tiny", "params.yaml", "reports/tiny")
+            sweep_select.select("tiny", "params.yaml", "reports/tiny")

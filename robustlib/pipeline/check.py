@@ -98,6 +98,7 @@ def _checks(params: Mapping[str, Any]) -> dict[tuple[str, ...], Check]:
         ("ablations", "table_runs"): list_of(run, 1), ("ablations", "sweep_runs"): list_of(run),
         ("laplacian", "sparse_run"): run, ("laplacian", "dense_run"): optional(run),
         ("laplacian", "fraction"): real(0.0, 1.0, lo_open=True),
+        ("gallery", "runs"): list_of(run, 1), ("gallery", "n"): integer(1),
         ("report", "curve_metrics"): list_of(lambda v: None if isinstance(v, str) else "a string", 1),
     }
 

@@ -22,7 +22,10 @@ from typing import Any
 
 import yaml
 
+from robustlib.data.datasets import DATASETS, dataset_info
 from robustlib.pipeline import sweeps
+from robustlib.pipeline.errors import ParamsError
+from robustlib.training.loop import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +52,11 @@ SCHEMA: dict[str, set[str]] = {
     "laplacian": {"sparse_run", "dense_run", "fraction"},
     "lpips": set(),  # filled lazily with TrainConfig's fields (the LPIPS network's training, lpips stage)
     "report": {"curve_metrics"},
+    "gallery": {"runs", "n"},  # the adversarial-example gallery: these runs, the first n attacked test images
     "sweeps": set(),  # weight sweeps by name (robustlib.pipeline.sweeps; not inherited through `extends`)
     "sweep_cells": set(),  # their cells: written by `use` (sweeps.expand), checked here
 }
 REQUIRED = ("base", "data", "train", "runs", "run_names", "attack", "verify", "ablations", "laplacian")
-
-
-class ParamsError(ValueError):
-    """Bad parameters: the message names the key and what is expected."""
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -106,15 +106,11 @@ def _resolve(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_keys() -> set[str]:
-    from robustlib.training.loop import TrainConfig
-
     return {f.name for f in fields(TrainConfig)}
 
 
 def validate(params: Mapping[str, Any]) -> None:
     """Raise ``ParamsError`` for unknown sections/keys or runs that cannot be built."""
-    from robustlib.data.datasets import DATASETS
-
     train_keys = _train_keys()
     for section, body in params.items():
         if section not in SCHEMA:
@@ -155,13 +151,13 @@ def validate(params: Mapping[str, Any]) -> None:
             raise ParamsError(f"attack.{key}: unknown run {params['attack'][key]!r}")
     _validate_verify(params["verify"])
     named = [*params["verify"]["milp_runs"], *params["ablations"]["table_runs"], *params["ablations"]["sweep_runs"],
-             params["laplacian"]["sparse_run"]]
+             params["laplacian"]["sparse_run"], *(params.get("gallery") or {}).get("runs", [])]
     if params["laplacian"].get("dense_run") is not None:  # null: no dense run in this profile (Table 4: sparse only)
         named.append(params["laplacian"]["dense_run"])
     unknown = sorted(set(named) - set(all_runs(params)))
     if unknown:
-        raise ParamsError(f"verify/ablations/laplacian name unknown runs {unknown}; runs: {all_runs(params)}")
-    sweeps.validate(params)
+        raise ParamsError(f"verify/ablations/laplacian/gallery name unknown runs {unknown}; runs: {all_runs(params)}")
+    _validate_sweeps(params)
 
 
 def _validate_verify(vp: Mapping[str, Any]) -> None:
@@ -214,9 +210,6 @@ def lpips_config(params: Mapping[str, Any]):
 def _train_config(params: Mapping[str, Any], spec: dict, where: str):
     """``TrainConfig(**spec)`` with the dataset's shape and normalization under ``model_kwargs`` and the
     base seed as default; an invalid spec raises ``ParamsError`` naming ``where``."""
-    from robustlib.data.datasets import dataset_info
-    from robustlib.training.loop import TrainConfig
-
     info = dataset_info(params["data"]["dataset"])
     kwargs = {"in_channels": info.in_channels, "image_size": info.image_size,
               "num_classes": info.num_classes, "mean": list(info.mean), "std": list(info.std)}
@@ -246,3 +239,52 @@ def use_profile(name: str, root: str | Path | None = None) -> Path:
     out = root / "params.yaml"
     out.write_text(GENERATED_HEADER.format(name=name) + yaml.safe_dump(params, sort_keys=False))
     return out
+
+
+def _validate_sweeps(params: Mapping[str, Any]) -> None:
+    """``params["sweeps"]`` and ``params["sweep_cells"]``: every spec is well formed, names known runs, its cells
+    are those ``expand`` gives (``params use`` writes them), no cell is named like a run, every cell builds."""
+    specs = params.get("sweeps") or {}
+    runs = set(all_runs(params))
+    for sweep, spec in specs.items():
+        sweeps.check_spec(sweep, spec)
+        where = f"sweeps.{sweep}"
+        if spec["base_run"] not in params["runs"]:
+            raise ParamsError(f"{where}.base_run: unknown run {spec['base_run']!r}; runs: {sorted(params['runs'])}")
+        objective = run_config(params, spec["base_run"]).objective
+        if not {"hamming", "stability"} <= set(objective):
+            raise ParamsError(f"{where}.base_run {spec['base_run']!r} must have a hamming and a stability term")
+        for k in ("references", "seeded_runs"):
+            unknown = sorted(set(spec.get(k) or []) - runs)
+            if unknown:
+                raise ParamsError(f"{where}.{k}: unknown runs {unknown}")
+        if spec["eval"]["n_val"] > int(params["data"]["n_val"]):
+            raise ParamsError(f"{where}.eval.n_val {spec['eval']['n_val']} exceeds data.n_val "
+                                f"{params['data']['n_val']}")
+    expected = sweeps.expand(params)
+    if dict(params.get("sweep_cells") or {}) != expected:
+        raise ParamsError(f"sweep_cells must be the expansion of sweeps ({list(expected)}); got "
+                            f"{list(params.get('sweep_cells') or {})}. `python -m robustlib.pipeline use <profile>` "
+                            "writes it.")
+    clash = sorted(set(expected) & runs)
+    if clash:
+        raise ParamsError(f"sweep cells {clash} are named like runs: rename the sweep")
+    for cell in expected:
+        cell_config({**{k: params[k] for k in ("base", "data", "train", "runs")}, "sweep_cells": expected}, cell)
+
+
+def cell_config(params: Mapping[str, Any], cell: str):
+    """The ``TrainConfig`` of sweep cell ``cell``: the ``train`` defaults, then ``runs.<base_run>``, then the
+    cell's own options (its weights and reading), exactly as a run with those options would be built."""
+    spec = params["sweep_cells"][cell]
+    base = spec["base_run"]
+    if base not in params["runs"]:
+        raise ParamsError(f"sweep_cells.{cell}.base_run: unknown run {base!r}")
+    run_spec = _merge(params["runs"][base] or {}, spec["train"])
+    view = {"base": params["base"], "data": params["data"], "train": params["train"], "runs": {cell: run_spec}}
+    return run_config(view, cell)
+
+
+def config_of(params: Mapping[str, Any], name: str):
+    """The ``TrainConfig`` of a run or of a sweep cell named ``name``."""
+    return cell_config(params, name) if name in (params.get("sweep_cells") or {}) else run_config(params, name)

@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from robustlib.pipeline import params as P
+from robustlib.pipeline.errors import ParamsError
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def expand(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     ``runs.<base_run>`` (the objective's weights, and the reading when it is not the default)."""
     cells: dict[str, dict[str, Any]] = {}
     for sweep, spec in (params.get("sweeps") or {}).items():
-        _check_spec(sweep, spec)
+        check_spec(sweep, spec)
         todo = [(fh, fs, DEFAULT_READING) for fh, fs in _pairs(spec)]
         at = spec.get("readings_at")
         if at:
@@ -114,7 +114,7 @@ def expand(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         for fh, fs, reading in todo:
             name, cell = _cell(sweep, spec, fh, fs, reading)
             if name in cells:
-                raise P.ParamsError(f"sweeps.{sweep}: two cells are both named {name!r} (repeated factors?)")
+                raise ParamsError(f"sweeps.{sweep}: two cells are both named {name!r} (repeated factors?)")
             cells[name] = cell
     return cells
 
@@ -122,18 +122,6 @@ def expand(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def cells_of(params: Mapping[str, Any], sweep: str) -> list[str]:
     """The names of sweep ``sweep``'s cells, in expansion order."""
     return [name for name, cell in params["sweep_cells"].items() if cell["sweep"] == sweep]
-
-
-def cell_config(params: Mapping[str, Any], cell: str):
-    """The ``TrainConfig`` of sweep cell ``cell``: the ``train`` defaults, then ``runs.<base_run>``, then the
-    cell's own options (its weights and reading), exactly as a run with those options would be built."""
-    spec = params["sweep_cells"][cell]
-    base = spec["base_run"]
-    if base not in params["runs"]:
-        raise P.ParamsError(f"sweep_cells.{cell}.base_run: unknown run {base!r}")
-    run_spec = P._merge(params["runs"][base] or {}, spec["train"])
-    view = {"base": params["base"], "data": params["data"], "train": params["train"], "runs": {cell: run_spec}}
-    return P.run_config(view, cell)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,103 +136,71 @@ def _integer(v: Any, lo: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 
-def _check_spec(sweep: str, spec: Any) -> None:
+def check_spec(sweep: str, spec: Any) -> None:
     """The structure and values of one sweep's spec (not the names it refers to)."""
     where = f"sweeps.{sweep}"
     if not isinstance(spec, Mapping):
-        raise P.ParamsError(f"{where} must be a mapping, got {type(spec).__name__}")
+        raise ParamsError(f"{where} must be a mapping, got {type(spec).__name__}")
     if "." in sweep or "@" in sweep or not sweep:
-        raise P.ParamsError(f"{where}: a sweep name may not be empty or hold '.' or '@'")
+        raise ParamsError(f"{where}: a sweep name may not be empty or hold '.' or '@'")
     bad = sorted(set(spec) - SPEC_KEYS)
     if bad:
-        raise P.ParamsError(f"{where}: unknown key(s) {bad}; known: {sorted(SPEC_KEYS)}")
+        raise ParamsError(f"{where}: unknown key(s) {bad}; known: {sorted(SPEC_KEYS)}")
     missing = [k for k in REQUIRED_KEYS if k not in spec]
     if missing:
-        raise P.ParamsError(f"{where}: missing {missing}")
+        raise ParamsError(f"{where}: missing {missing}")
     for k in ("gamma_h", "gamma_s"):
         if not _number(spec[k]):
-            raise P.ParamsError(f"{where}.{k} must be a number > 0, got {spec[k]!r}")
+            raise ParamsError(f"{where}.{k} must be a number > 0, got {spec[k]!r}")
     for k in ("gamma_h_factors", "gamma_s_factors"):
         v = spec[k]
         if not (isinstance(v, list) and v and all(_number(f) for f in v)) or len(set(v)) != len(v):
-            raise P.ParamsError(f"{where}.{k} must be a non-empty list of distinct numbers > 0, got {v!r}")
+            raise ParamsError(f"{where}.{k} must be a non-empty list of distinct numbers > 0, got {v!r}")
     grid = spec.get("grid", "product")
     if grid not in GRIDS:
-        raise P.ParamsError(f"{where}.grid must be one of {list(GRIDS)}, got {grid!r}")
+        raise ParamsError(f"{where}.grid must be one of {list(GRIDS)}, got {grid!r}")
     if grid == "diagonal" and len(spec["gamma_h_factors"]) != len(spec["gamma_s_factors"]):
-        raise P.ParamsError(f"{where}: grid diagonal needs as many gamma_h_factors as gamma_s_factors")
+        raise ParamsError(f"{where}: grid diagonal needs as many gamma_h_factors as gamma_s_factors")
     train = spec.get("train") or {}
     if not isinstance(train, Mapping) or "objective" in train:
-        raise P.ParamsError(f"{where}.train: run options for every cell (a mapping, without objective: the sweep "
+        raise ParamsError(f"{where}.train: run options for every cell (a mapping, without objective: the sweep "
                             f"sets the weights), got {train!r}")
     _check_eval(where, spec["eval"])
     readings = spec.get("readings") or []
     if not isinstance(readings, list) or any(not isinstance(r, str) or r == DEFAULT_READING for r in readings) \
             or len(set(readings)) != len(readings):
-        raise P.ParamsError(f"{where}.readings must be distinct readings of eq. 17 other than the default "
+        raise ParamsError(f"{where}.readings must be distinct readings of eq. 17 other than the default "
                             f"{DEFAULT_READING!r} (robustlib.regularizers.manifold.READINGS); got {readings!r}")
     at = spec.get("readings_at")
     if at is not None:
         if not (isinstance(at, Mapping) and set(at) == {"gamma_h", "gamma_s"}):
-            raise P.ParamsError(f"{where}.readings_at must be null or {{gamma_h: <factor>, gamma_s: <factor>}}, "
+            raise ParamsError(f"{where}.readings_at must be null or {{gamma_h: <factor>, gamma_s: <factor>}}, "
                                 f"got {at!r}")
         if (at["gamma_h"], at["gamma_s"]) not in _pairs(spec):
-            raise P.ParamsError(f"{where}.readings_at {dict(at)} is not a cell of the grid")
+            raise ParamsError(f"{where}.readings_at {dict(at)} is not a cell of the grid")
     seeds = spec.get("seeds") or []
     if not (isinstance(seeds, list) and all(_integer(s, 0) for s in seeds)) or len(set(seeds)) != len(seeds):
-        raise P.ParamsError(f"{where}.seeds must be a list of distinct integers >= 0, got {seeds!r}")
+        raise ParamsError(f"{where}.seeds must be a list of distinct integers >= 0, got {seeds!r}")
     for k in ("references", "seeded_runs"):
         v = spec.get(k) or []
         if not (isinstance(v, list) and all(isinstance(r, str) for r in v)):
-            raise P.ParamsError(f"{where}.{k} must be a list of run names, got {v!r}")
+            raise ParamsError(f"{where}.{k} must be a list of run names, got {v!r}")
     aa = spec.get("autoattack")
     if aa is not None:
         if not isinstance(aa, Mapping) or set(aa) - AUTOATTACK_KEYS or not _integer(aa.get("n_test"), 1):
-            raise P.ParamsError(f"{where}.autoattack must be null or {{n_test: <int >= 1>, version: ...}}, "
+            raise ParamsError(f"{where}.autoattack must be null or {{n_test: <int >= 1>, version: ...}}, "
                                 f"got {aa!r}")
 
 
 def _check_eval(where: str, ev: Any) -> None:
     if not isinstance(ev, Mapping) or set(ev) != EVAL_KEYS:
-        raise P.ParamsError(f"{where}.eval must have exactly the keys {sorted(EVAL_KEYS)}, got {ev!r}")
+        raise ParamsError(f"{where}.eval must have exactly the keys {sorted(EVAL_KEYS)}, got {ev!r}")
     if not _integer(ev["n_val"], 1) or not _integer(ev["n_test"], 0):
-        raise P.ParamsError(f"{where}.eval: n_val must be an integer >= 1 and n_test >= 0, got {dict(ev)}")
+        raise ParamsError(f"{where}.eval: n_val must be an integer >= 1 and n_test >= 0, got {dict(ev)}")
     if not (_number(ev["eps"]) and ev["eps"] <= 1):
-        raise P.ParamsError(f"{where}.eval.eps must be an L-inf radius in (0, 1], got {ev['eps']!r}")
+        raise ParamsError(f"{where}.eval.eps must be an L-inf radius in (0, 1], got {ev['eps']!r}")
     if not (_integer(ev["steps"], 1) and _integer(ev["restarts"], 1)):
-        raise P.ParamsError(f"{where}.eval: steps and restarts must be integers >= 1, got {dict(ev)}")
-
-
-def validate(params: Mapping[str, Any]) -> None:
-    """``params["sweeps"]`` and ``params["sweep_cells"]``: every spec is well formed, names known runs, its cells
-    are those ``expand`` gives (``params use`` writes them), no cell is named like a run, every cell builds."""
-    sweeps = params.get("sweeps") or {}
-    runs = set(P.all_runs(params))
-    for sweep, spec in sweeps.items():
-        _check_spec(sweep, spec)
-        where = f"sweeps.{sweep}"
-        if spec["base_run"] not in params["runs"]:
-            raise P.ParamsError(f"{where}.base_run: unknown run {spec['base_run']!r}; runs: {sorted(params['runs'])}")
-        objective = P.run_config(params, spec["base_run"]).objective
-        if not {"hamming", "stability"} <= set(objective):
-            raise P.ParamsError(f"{where}.base_run {spec['base_run']!r} must have a hamming and a stability term")
-        for k in ("references", "seeded_runs"):
-            unknown = sorted(set(spec.get(k) or []) - runs)
-            if unknown:
-                raise P.ParamsError(f"{where}.{k}: unknown runs {unknown}")
-        if spec["eval"]["n_val"] > int(params["data"]["n_val"]):
-            raise P.ParamsError(f"{where}.eval.n_val {spec['eval']['n_val']} exceeds data.n_val "
-                                f"{params['data']['n_val']}")
-    expected = expand(params)
-    if dict(params.get("sweep_cells") or {}) != expected:
-        raise P.ParamsError(f"sweep_cells must be the expansion of sweeps ({list(expected)}); got "
-                            f"{list(params.get('sweep_cells') or {})}. `python -m robustlib.pipeline use <profile>` "
-                            "writes it.")
-    clash = sorted(set(expected) & runs)
-    if clash:
-        raise P.ParamsError(f"sweep cells {clash} are named like runs: rename the sweep")
-    for cell in expected:
-        cell_config({**{k: params[k] for k in ("base", "data", "train", "runs")}, "sweep_cells": expected}, cell)
+        raise ParamsError(f"{where}.eval: steps and restarts must be integers >= 1, got {dict(ev)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,20 +248,22 @@ def _comparable(cfg) -> dict[str, Any]:
     return rec
 
 
-def check_seeded_runs(params: Mapping[str, Any], sweep: str, selected_cell: str | None) -> list[str]:
+def check_seeded_runs(params: Mapping[str, Any], sweep: str, selected_cell: str | None,
+                      config_of: Callable[[str], Any]) -> list[str]:
     """Problems with the profile's ``seeded_runs`` of ``sweep`` against the selected cell: each must be the cell's
     training exactly (weights, reading, schedule, model, ...) but for its seed (and the cell-only options
-    ``stop_on_collapse``, ``diagnostics``), and together they must have the sweep's ``seeds``."""
+    ``stop_on_collapse``, ``diagnostics``), and together they must have the sweep's ``seeds``. ``config_of(name)``
+    is the ``TrainConfig`` of a run or cell (``robustlib.pipeline.params.config_of``)."""
     spec = params["sweeps"][sweep]
     names = list(spec.get("seeded_runs") or [])
     if not names:
         return []
     if selected_cell is None:
         return [f"sweeps.{sweep}.seeded_runs {names} are set but no cell was selected"]
-    want = _comparable(cell_config(params, selected_cell))
+    want = _comparable(config_of(selected_cell))
     problems, seeds = [], []
     for run in names:
-        cfg = P.run_config(params, run)
+        cfg = config_of(run)
         seeds.append(cfg.seed)
         got = _comparable(cfg)
         diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))

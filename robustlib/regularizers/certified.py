@@ -29,14 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlib.bounds.intervals import input_box, interval_bounds, margin_lower_bounds, to_sequential
 from robustlib.regularizers.core import StepContext, Term, register_term
 
 logger = logging.getLogger(__name__)
 
 
 def _box(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-    from robustlib.bounds.intervals import input_box
-
     return input_box(ctx.x, ctx.threat.eps, ctx.threat.norm)
 
 
@@ -44,8 +43,6 @@ def ibp_worst_logits(ctx: StepContext, elide_last: bool) -> torch.Tensor:
     """Worst-case logits over the threat ball. ``elide_last=False``: the lower bound for the true class
     and the upper bound for the others; ``True``: ``-lb(z_y - z_j)`` with the class difference folded
     into the last linear layer (Gowal et al. 2018's tighter form; 0 at ``j = y``)."""
-    from robustlib.bounds.intervals import interval_bounds, margin_lower_bounds, to_sequential
-
     net = to_sequential(ctx.model)
     lower, upper = _box(ctx)
     if elide_last:
@@ -106,8 +103,6 @@ class RSLoss(Term):
         self.reduction = reduction
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:
-        from robustlib.bounds.intervals import interval_bounds, to_sequential
-
         lower, upper = _box(ctx)
         bounds = interval_bounds(to_sequential(ctx.model), lower, upper)[:-1]
         return relu_stability_loss(bounds, self.reduction)

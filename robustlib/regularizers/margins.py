@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlib.bounds.lipschitz import lipschitz_bound
 from robustlib.regularizers.core import StepContext, Term, register_term
 from robustlib.regularizers.gradients import l2_radius
 
@@ -85,8 +86,6 @@ class LipschitzMargin(Term):
         self.radius = None if radius is None else float(radius)
 
     def lipschitz(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        from robustlib.bounds.lipschitz import lipschitz_bound
-
         L = lipschitz_bound(model, "l2", input_shape=tuple(x.shape[1:]))
         return L.detach() if self.detach_bound else L
 

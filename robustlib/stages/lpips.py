@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
 from typing import Any
 
 from robustlib.data.datasets import load_split, make_split
@@ -41,7 +40,7 @@ def run(params_file: str = "params.yaml", output_root: str = ".", progress: bool
     model = result.model
     test_acc = accuracy(model, test_set.images(split.test).to(env.device), test_set.labels(split.test).to(env.device))
     out = paths.lpips_model_path(env.out)
-    save_model(model.cpu(), out, extra={"config": asdict(cfg)})
+    save_model(model.cpu(), out, extra={"config": cfg.record()})  # record(): the config as saved before later options
     paths.lpips_resume_path(env.out).unlink(missing_ok=True)
     shape = {k: v for k, v in cfg.model_kwargs.items() if k not in ("mean", "std")}
     metrics = {"model": cfg.model, "model_kwargs": shape,

@@ -20,6 +20,7 @@ from robustlib.attacks.gradient import pgd
 from robustlib.data.datasets import Split, load_split
 from robustlib.evaluation.accuracy import accuracy
 from robustlib.evaluation.checks import check_points, robust_accuracy
+from robustlib.pipeline import params as P
 from robustlib.pipeline import paths
 from robustlib.pipeline import sweeps as S
 from robustlib.pipeline.io import file_digest, load_model, write_json
@@ -38,7 +39,7 @@ def train_cell(cell: str, params_file: str = "params.yaml", output_root: str = "
     env = setup(params_file, output_root, f"sweep_train@{cell}")
     spec = env.params["sweep_cells"][cell]
     sweep = spec["sweep"]
-    cfg = S.cell_config(env.params, cell)
+    cfg = P.cell_config(env.params, cell)
     files = RunFiles(model=paths.model_path(env.out, cell), split=paths.split_path(env.out, cell),
                      resume=paths.resume_path(env.out, cell), curve=S.cell_curve_path(env.out, sweep, cell),
                      dvclive=S.cell_dvclive_dir(env.out, cell), metrics=S.cell_train_metrics_path(env.out, sweep, cell))

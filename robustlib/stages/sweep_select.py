@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from robustlib.attacks.autoattack import autoattack
 from robustlib.data.datasets import Split
 from robustlib.evaluation.accuracy import accuracy
 from robustlib.evaluation.checks import check_points, robust_accuracy
+from robustlib.pipeline import params as P
 from robustlib.pipeline import paths
 from robustlib.pipeline import sweeps as S
 from robustlib.pipeline.io import file_digest, load_model, read_json, write_json
@@ -128,7 +130,7 @@ def report(sweep: str, params_file: str = "params.yaml", output_root: str = ".",
     inp = input_dir(env, input_root)
     spec = env.params["sweeps"][sweep]
     selection = read_json(S.selection_path(inp, sweep))
-    problems = S.check_seeded_runs(env.params, sweep, selection["selected"])
+    problems = S.check_seeded_runs(env.params, sweep, selection["selected"], partial(P.config_of, env.params))
     if problems:
         raise ValueError(f"sweeps.{sweep}: " + "; ".join(problems))
     rows = selection["cells"]
@@ -142,7 +144,7 @@ def report(sweep: str, params_file: str = "params.yaml", output_root: str = ".",
     diag_fig = save_figure(diagnostics_figure(curves, {r["cell"]: r["collapsed_epoch"] for r in rows}),
                            S.diagnostics_figure_path(env.out, sweep))
     seeded = [_seeded(inp, r) for r in spec.get("seeded_runs") or []]
-    objectives = {r["cell"]: S.cell_config(env.params, r["cell"]).objective for r in rows}
+    objectives = {r["cell"]: P.cell_config(env.params, r["cell"]).objective for r in rows}
     summary = {
         "sweep": sweep, "base_run": spec["base_run"], "paper_point": {"gamma_h": spec["gamma_h"],
                                                                       "gamma_s": spec["gamma_s"]},

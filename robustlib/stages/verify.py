@@ -71,7 +71,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
                                "margin_tolerance": {"atol": atol, "rtol": rtol, "float32": f32,
                                                     "definition": "atol + rtol * max|logit bound|"
                                                                   + (" + 2 * float32 error bound" if f32 else "")
-                                                                  + " (robustlib.bounds.intervals.margin_tolerance)"}}
+                                                                  + " (robustlib.bounds.margin_tolerance)"}}
     if run in vp["milp_runs"]:
         metrics["solver"] = solver_settings(solver)
         metrics["time_limit"] = float(vp["time_limit"])
