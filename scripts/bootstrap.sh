@@ -30,7 +30,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
   # An old pip (23.x) backtracks for many minutes over this dependency set; a current one resolves it fast.
   PIP_FIND_LINKS="$VENV/no-local-wheels" "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=25"
   PIP_FIND_LINKS="$VENV/no-local-wheels" "$VENV/bin/python" -m pip install --quiet --progress-bar off \
-      -c "$ROOT/requirements.lock" -e "$ROOT[dev]"
+      -c "$ROOT/requirements.lock" -e "$ROOT[dev,scaleout]"
   # torchattacks (a second PGD implementation, used by tests and the attack benchmark as a reference)
   # pins requests<2.26, which conflicts with jupyterlab; its code never uses requests, so install it
   # without dependencies.

@@ -22,3 +22,11 @@ def _torch_threads():
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(tmp_path_factory) -> Path:
+    """A folder for the smoke profile's sequential `dvc repro` results (``reports/smoke/`` and ``dvc.lock``):
+    tests/test_pipeline_smoke.py fills it right after its `dvc repro`; the scale-out tests compare their
+    parallel runs with it (and run their own `dvc repro` where that test did not run first)."""
+    return tmp_path_factory.mktemp("smoke_reference")

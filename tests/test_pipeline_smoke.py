@@ -22,7 +22,7 @@ def _run(cmd, cwd, **extra_env):
     return res.stdout + res.stderr
 
 
-def test_smoke_profile_dvc_repro(root, tmp_path):
+def test_smoke_profile_dvc_repro(root, tmp_path, smoke_reference):
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
                            capture_output=True, check=True).stdout.decode().split("\0")
     ws = tmp_path / "ws"
@@ -43,6 +43,8 @@ def test_smoke_profile_dvc_repro(root, tmp_path):
     _run([sys.executable, "-m", "robustlib.pipeline", "check"], ws)
     reads_log = tmp_path / "params_reads.jsonl"
     _run([dvc, "repro"], ws, ROBUSTLIB_PARAMS_LOG=str(reads_log))
+    shutil.copytree(out, smoke_reference / "reports" / "smoke")  # the sequential reference of test_scaleout_smoke.py
+    shutil.copy2(ws / "dvc.lock", smoke_reference / "dvc.lock")
     _check_declared_params(ws / "dvc.lock", reads_log)
     for f in ("tables/train_summary.md", "tables/table1_attacks.md",
               "tables/table2_verification.md", "tables/certified.md",
