@@ -1,0 +1,253 @@
+"""The adversarial-example gallery: a few test images of a few runs, clean and under each attack of the
+paper's Table 1, with the model's prediction and the perturbation, so that a reader sees what the numbers
+count.
+
+The images are the first ``n`` of the attack stage's evaluation order (``Split.test_examples``), the
+attacks those of the attack stage's suite (``robustlib.evaluation.suite.attack_suite``, the same params,
+seed and LPIPS network) named in ``GALLERY_ATTACKS``, run by the attack stage's engine
+(``robustlib.evaluation.worst_case.evaluate_attacks``: the global RNG seeded before each attack, every ball
+attack's points checked to lie in its ball) in the gallery stage (``robustlib.stages.gallery``), which
+hands each run's images, points and predictions here (``GalleryRun``). They run on the ``n`` images only,
+so an attack's random starts differ from the attack stage's run on ``attack.n_test`` images and an outcome
+may differ on an image; the report counts how often (``attack_stage_agreement``). This module runs no
+attack, so the report stage, which reads the gallery's table, does not depend on the attack engine.
+
+Outputs (paths defined here, not in ``robustlib.pipeline.paths``, which a long run depends on; they
+belong there): ``figures/gallery.png`` and the tidy ``tables/gallery.csv``, one row per run, image and
+attack (``clean`` first) with its columns defined here for the same reason (``robustlib.evaluation.schema``
+is their place).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from robustlib.evaluation import schema
+from robustlib.evaluation.suite import AA_L2, AA_LINF, JPEG, LPA, RECOLORADV, STADV, AttackSuite, SuiteAttack
+from robustlib.pipeline import paths
+from robustlib.pipeline.io import atomic_write
+from robustlib.reporting.labels import class_name, format_eps
+
+GALLERY_ATTACKS = (AA_LINF, AA_L2, STADV, RECOLORADV, JPEG, LPA)
+"""The attacks of the paper's Table 1 (its NPTM column by LPA), in its column order; those the profile's
+``attack`` params configure are shown."""
+TITLES = {AA_LINF: "AutoAttack L-inf", AA_L2: "AutoAttack L2", STADV: "StAdv", RECOLORADV: "ReColorAdv",
+          JPEG: "JPEG-L-inf", LPA: "LPA"}
+CLEAN = "clean"
+"""The ``attack`` value of a clean image's row."""
+
+# tables/gallery.csv: RUN, INDEX (the test index), the true label, ATTACK (CLEAN or the attack), its budget, whether
+# the image was attacked (it was classified correctly), the prediction on the image the attack returned, whether it
+# is the label, the perturbation's L-inf and L2 norms, and why the attack does not apply (then no prediction)
+LABEL, BUDGET, ATTACKED, PREDICTION, CORRECT = "label", "budget", "attacked", "prediction", "correct"
+DELTA_LINF, DELTA_L2, NOT_APPLICABLE = "delta_linf", "delta_l2", "not_applicable"
+COLUMNS = [schema.RUN, schema.INDEX, LABEL, schema.ATTACK, BUDGET, ATTACKED, PREDICTION, CORRECT, DELTA_LINF,
+           DELTA_L2, NOT_APPLICABLE]
+
+AMPLIFY_TARGET = 0.5
+"""The perturbation is drawn as 0.5 + factor * (x_adv - x): the factor brings its largest entry (over the
+runs and images of an attack's row) to at most this, so that it is visible and not clipped."""
+NEGLIGIBLE = 1e-6
+"""A perturbation no larger than this (float noise) is drawn unamplified."""
+
+
+def figure_path(root: Path) -> Path:
+    """The gallery figure under an output root (``reports/<profile>`` under DVC)."""
+    return paths.figures_dir(root) / "gallery.png"
+
+
+def table_path(root: Path) -> Path:
+    """The gallery's predictions (``COLUMNS``) under an output root."""
+    return paths.tables_dir(root) / "gallery.csv"
+
+
+@dataclass
+class GalleryRun:
+    """One run's gallery: its images, labels and test indices, the predictions (``CLEAN`` and each attack
+    that applied) and points (each attack that applied), which images were attacked, and the attacks that
+    did not apply, with why."""
+
+    run: str
+    x: torch.Tensor
+    y: torch.Tensor
+    index: list[int]
+    predictions: dict[str, torch.Tensor]
+    points: dict[str, torch.Tensor]
+    attacked: torch.Tensor  # per image: classified correctly, so attacked (else its point is the clean image)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+
+def gallery_attacks(suite: AttackSuite) -> list[SuiteAttack]:
+    """The suite's attacks of ``GALLERY_ATTACKS``, in that order."""
+    return [suite[name] for name in GALLERY_ATTACKS if name in suite]
+
+
+def budget(attack: SuiteAttack) -> float:
+    """An attack's budget: its ball's eps, or a perceptual attack's ``eps``."""
+    return float(attack.threat.eps if attack.threat is not None else attack.budget["eps"])
+
+
+def gallery_table(runs: Sequence[GalleryRun], attacks: Sequence[SuiteAttack]) -> pd.DataFrame:
+    """One row per run, image and attack (``COLUMNS``), ``CLEAN`` first, in ``attacks``' order."""
+    rows = []
+    for g in runs:
+        for i, idx in enumerate(g.index):
+            label = int(g.y[i])
+            for name, eps in [(CLEAN, None), *((a.name, budget(a)) for a in attacks)]:
+                row = {schema.RUN: g.run, schema.INDEX: idx, LABEL: label, schema.ATTACK: name, BUDGET: eps,
+                       ATTACKED: None if name == CLEAN else bool(g.attacked[i]), PREDICTION: None, CORRECT: None,
+                       DELTA_LINF: None, DELTA_L2: None, NOT_APPLICABLE: g.not_applicable.get(name)}
+                if name in g.predictions:
+                    pred = int(g.predictions[name][i])
+                    delta = g.points[name][i] - g.x[i] if name in g.points else torch.zeros_like(g.x[i])
+                    row.update({PREDICTION: pred, CORRECT: pred == label, DELTA_LINF: float(delta.abs().max()),
+                                DELTA_L2: float(delta.flatten().norm())})
+                rows.append(row)
+    return _typed(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    """Integers and booleans that may be missing (n/a, the clean row) as pandas' nullable types, the reasons as
+    strings (also when none is given, which CSV would read back as numbers)."""
+    return table.astype({PREDICTION: "Int64", ATTACKED: "boolean", CORRECT: "boolean", NOT_APPLICABLE: "str"})
+
+
+def save_table(table: pd.DataFrame, path: str | Path) -> None:
+    """Write the gallery table as CSV (6 significant digits; atomically)."""
+    atomic_write(path, lambda p: table.to_csv(p, index=False, float_format="%.6g"))
+
+
+def load_table(path: str | Path) -> pd.DataFrame:
+    """Read a table written by ``save_table`` (types restored)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"missing {path}: run the gallery stage first (`dvc repro gallery`)")
+    return _typed(pd.read_csv(path))
+
+
+def counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per run, each attack's ``k/n`` images still classified correctly (``n/a`` where it does not apply): the
+    report's one-line reading of the gallery."""
+    out = {}
+    for run, rows in table.groupby(schema.RUN, sort=False):
+        cells = {}
+        for name, r in rows.groupby(schema.ATTACK, sort=False):
+            cells[name] = "n/a" if r[NOT_APPLICABLE].notna().all() else \
+                f"{int(r[CORRECT].astype(bool).sum())}/{len(r)}"
+        out[run] = cells
+    return pd.DataFrame.from_dict(out, orient="index").rename_axis(schema.RUN).reset_index()
+
+
+def attack_stage_agreement(table: pd.DataFrame, results: Mapping[str, pd.DataFrame]) -> tuple[int, int]:
+    """On how many (run, image, attack) of the gallery the attack stage's per-example results (``results``:
+    run -> its ``attack/<run>.csv``) say the same: clean-correct for ``CLEAN``, else robust (clean-correct
+    and the attack failed). Returns (agreeing, compared); images or attacks the stage lacks are skipped."""
+    agree = compared = 0
+    for run, rows in table.groupby(schema.RUN, sort=False):
+        if run not in results:
+            continue
+        stage = results[run].set_index(schema.INDEX)
+        clean = rows[rows[schema.ATTACK] == CLEAN].set_index(schema.INDEX)[CORRECT]
+        for _, r in rows[rows[NOT_APPLICABLE].isna()].iterrows():
+            column = schema.CLEAN if r[schema.ATTACK] == CLEAN else schema.robust(r[schema.ATTACK])
+            if r[schema.INDEX] not in stage.index or column not in stage.columns:
+                continue
+            ours = bool(r[CORRECT]) and bool(clean[r[schema.INDEX]])
+            agree += int(ours == bool(stage.at[r[schema.INDEX], column]))
+            compared += 1
+    return agree, compared
+
+
+def amplification(max_abs: float, target: float = AMPLIFY_TARGET) -> int:
+    """The largest factor of 1, 2, 5, 10, 20, 50, ... with ``factor * max_abs <= target``; 1 for a
+    perturbation already that large or negligible (``NEGLIGIBLE``)."""
+    if max_abs <= NEGLIGIBLE or max_abs >= target:
+        return 1
+    factor, k = 1, 0
+    while True:
+        for m in (1, 2, 5):
+            f = m * 10 ** k
+            if f * max_abs > target:
+                return factor
+            factor = f
+        k += 1
+
+
+def _image(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> what imshow takes: (H, W) for one channel, (H, W, 3) for three."""
+    a = x.detach().cpu().float().clamp(0, 1).numpy()
+    return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+
+
+def _show(ax, x: torch.Tensor) -> None:
+    ax.imshow(_image(x), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+
+
+def _row_label(attack: SuiteAttack | None, dataset: str | None) -> str:
+    if attack is None:
+        return CLEAN
+    eps = budget(attack)
+    shown = format_eps(eps, dataset) if attack.name == AA_LINF else f"{eps:g}"
+    return f"{TITLES.get(attack.name, attack.name)}\neps {shown}"
+
+
+def gallery_figure(runs: Sequence[GalleryRun], attacks: Sequence[SuiteAttack], dataset: str | None = None) -> Figure:
+    """One panel per run, side by side; in each, one row per attack (clean first) and two columns per image:
+    the image with the prediction (green and a tick when it is the label, red and a cross otherwise) and
+    the perturbation x_adv - x drawn as 0.5 + factor x (x_adv - x), the factor (``amplification``) the same
+    for an attack across runs and images and written above it. An attack that does not apply shows n/a."""
+    n, rows = max(len(g.index) for g in runs), 1 + len(attacks)
+    factors = {}
+    for a in attacks:
+        deltas = [float((g.points[a.name] - g.x).abs().max()) for g in runs if a.name in g.points]
+        factors[a.name] = amplification(max(deltas, default=0.0))
+    cell = 0.95
+    fig = plt.figure(figsize=(len(runs) * (2 * n * cell + 1.3), rows * cell * 1.3 + 0.7), layout="constrained")
+    fig.suptitle("Adversarial examples: prediction on each image (label under clean), and x_adv - x amplified "
+                 "by the factor shown (grey = 0)", fontsize=10)
+    for sub, g in zip(fig.subfigures(1, len(runs), squeeze=False)[0], runs, strict=True):
+        sub.suptitle(g.run, fontsize=11, fontweight="bold")
+        axes = sub.subplots(rows, 2 * n, squeeze=False)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+        for row, attack in enumerate([None, *attacks]):
+            name = CLEAN if attack is None else attack.name
+            axes[row, 0].set_ylabel(_row_label(attack, dataset), fontsize=8, rotation=0, ha="right", va="center")
+            for i in range(len(g.index)):
+                img_ax, delta_ax = axes[row, 2 * i], axes[row, 2 * i + 1]
+                if name in g.not_applicable:
+                    img_ax.text(0.5, 0.5, "n/a", ha="center", va="center", fontsize=10, color="0.4")
+                    delta_ax.text(0.5, 0.5, "needs\ncolour" if name == RECOLORADV else "", ha="center",
+                                  va="center", fontsize=7, color="0.4")
+                    continue
+                if name not in g.predictions:
+                    continue
+                point = g.points.get(name, g.x)[i]
+                _show(img_ax, point)
+                pred, label = int(g.predictions[name][i]), int(g.y[i])
+                ok = pred == label
+                img_ax.set_title(f"{class_name(dataset, pred)} {'✓' if ok else '✗'}", fontsize=8,
+                                 color="tab:green" if ok else "tab:red", pad=2)
+                if attack is None:
+                    delta_ax.text(0.5, 0.5, f"test #{g.index[i]}\nlabel\n{class_name(dataset, label)}",
+                                  ha="center", va="center", fontsize=7)
+                    continue
+                if not bool(g.attacked[i]):
+                    delta_ax.text(0.5, 0.5, "not\nattacked:\nclean\nwrong", ha="center", va="center", fontsize=7,
+                                  color="0.4")
+                    continue
+                delta = (point - g.x[i]) * factors[name]
+                _show(delta_ax, (0.5 + delta).clamp(0, 1))
+                delta_ax.set_title(f"δ x{factors[name]}", fontsize=7, pad=2)
+    return fig
