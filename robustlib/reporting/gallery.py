@@ -53,8 +53,12 @@ COLUMNS = [schema.RUN, schema.INDEX, LABEL, schema.ATTACK, BUDGET, ATTACKED, PRE
            DELTA_L2, NOT_APPLICABLE]
 
 AMPLIFY_TARGET = 0.5
-"""The perturbation is drawn as 0.5 + factor * (x_adv - x): the factor brings its largest entry (over the
-runs and images of an attack's row) to at most this, so that it is visible and not clipped."""
+"""The perturbation is drawn as 0.5 + factor * (x_adv - x), clipped to [0, 1]: the factor brings the
+``AMPLIFY_QUANTILE`` of its entries' sizes (over the attacked images of both runs in an attack's row) to at most
+this, so that it is visible and hardly clipped."""
+AMPLIFY_QUANTILE = 0.99
+"""Not the largest entry: an L2 attack may move a few pixels far and the rest little (then a factor set by the
+largest would leave most of the perturbation invisible); the largest 1% may be clipped."""
 NEGLIGIBLE = 1e-6
 """A perturbation no larger than this (float noise) is drawn unamplified."""
 
@@ -181,6 +185,12 @@ def amplification(max_abs: float, target: float = AMPLIFY_TARGET) -> int:
         k += 1
 
 
+def perturbation_size(deltas: Sequence[torch.Tensor], q: float = AMPLIFY_QUANTILE) -> float:
+    """The ``q`` quantile of the entries' sizes |x_adv - x| of ``deltas`` (0 when there are none)."""
+    flat = torch.cat([d.detach().abs().flatten().float() for d in deltas]) if deltas else torch.zeros(0)
+    return float(torch.quantile(flat, q)) if flat.numel() else 0.0
+
+
 def _image(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [0, 1] -> what imshow takes: (H, W) for one channel, (H, W, 3) for three."""
     a = x.detach().cpu().float().clamp(0, 1).numpy()
@@ -202,17 +212,16 @@ def _row_label(attack: SuiteAttack | None, dataset: str | None) -> str:
 def gallery_figure(runs: Sequence[GalleryRun], attacks: Sequence[SuiteAttack], dataset: str | None = None) -> Figure:
     """One panel per run, side by side; in each, one row per attack (clean first) and two columns per image:
     the image with the prediction (green and a tick when it is the label, red and a cross otherwise) and
-    the perturbation x_adv - x drawn as 0.5 + factor x (x_adv - x), the factor (``amplification``) the same
-    for an attack across runs and images and written above it. An attack that does not apply shows n/a."""
+    the perturbation x_adv - x drawn as 0.5 + factor x (x_adv - x), the factor (``amplification`` of
+    ``perturbation_size``) the same for an attack across runs and images and written above it. An attack that
+    does not apply shows n/a; a misclassified image, which is not attacked, says so."""
     n, rows = max(len(g.index) for g in runs), 1 + len(attacks)
-    factors = {}
-    for a in attacks:
-        deltas = [float((g.points[a.name] - g.x).abs().max()) for g in runs if a.name in g.points]
-        factors[a.name] = amplification(max(deltas, default=0.0))
+    factors = {a.name: amplification(perturbation_size([(g.points[a.name] - g.x)[g.attacked] for g in runs
+                                                        if a.name in g.points])) for a in attacks}
     cell = 0.95
     fig = plt.figure(figsize=(len(runs) * (2 * n * cell + 1.3), rows * cell * 1.3 + 0.7), layout="constrained")
-    fig.suptitle("Adversarial examples: prediction on each image (label under clean), and x_adv - x amplified "
-                 "by the factor shown (grey = 0)", fontsize=10)
+    fig.suptitle("Adversarial examples: prediction on each image (label under clean), and x_adv - x times the "
+                 "factor shown (grey = 0; its largest 1% clipped)", fontsize=10)
     for sub, g in zip(fig.subfigures(1, len(runs), squeeze=False)[0], runs, strict=True):
         sub.suptitle(g.run, fontsize=11, fontweight="bold")
         axes = sub.subplots(rows, 2 * n, squeeze=False)
