@@ -1,5 +1,5 @@
 """The paper's numbers and claims (Jin & Rinard, "Efficient Regularization for Robust Deep ReLU
-Networks", ICLR 2022 submission; ../shared/DESIGN.md lists them) and their comparison with ours.
+Networks", ICLR 2022 submission; docs/DESIGN.md lists them) and their comparison with ours.
 
 Each ``PaperTable`` maps our run names to the paper's rows and our table columns to its numbers, in
 the paper's setting (dataset, network). Two kinds of claim are checked:
