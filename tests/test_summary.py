@@ -73,8 +73,10 @@ def test_derived_flags_match_the_report_tables(root, profile):
 
 
 def test_a_diverged_run_says_when():
-    m = {"run": "r", "dataset": "mnist", "clean_acc": 0.5, "val_acc": 0.5, "diverged": {"epoch": 3}}
+    m = {"run": "r", "dataset": "mnist", "model": "smallcnn", "objective": ["ce"], "epochs": 5, "n_train": 10,
+         "n_test": 10, "train_minutes": 1.0, "clean_acc": 0.5, "val_acc": 0.5, "diverged": {"epoch": 3}}
     assert S.flags("train", m) == {"at_chance": False, "diverged": True, "diverged_epoch": 3}
+    assert S.flags("train", {**m, "clean_acc": 0.11, "diverged": None}) == {"at_chance": True, "diverged": False}
 
 
 def test_too_many_keys_are_refused():

@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from robustlib.evaluation import schema
 from robustlib.evaluation.suite import LINF
 from robustlib.reporting.labels import format_eps
-from robustlib.reporting.tables import at_chance, diverged_epoch
+from robustlib.reporting.tables import diverged_epoch, training_table
 from robustlib.threat import NORMS
 
 KINDS = ("train", "attack", "verify")
@@ -84,11 +85,13 @@ def lookup(metrics: Mapping[str, Any], path: Path_) -> Any:
 
 
 def flags(kind: str, metrics: Mapping[str, Any]) -> dict[str, bool | int]:
-    """The derived values: train ``at_chance`` (``tables.at_chance``) and ``diverged`` (with the epoch);
-    attack ``pgd_nonmonotone``, ``pgd_unconverged``, ``pgd_below_fgsm`` (Table 1's PGD_* columns)."""
+    """The derived values: train ``at_chance`` (the training table's, ``tables.training_table``) and
+    ``diverged`` (with the epoch); attack ``pgd_nonmonotone``, ``pgd_unconverged``, ``pgd_below_fgsm`` (Table 1's
+    PGD_* columns)."""
     if kind == "train":
         epoch = diverged_epoch(metrics)
-        out: dict[str, bool | int] = {"at_chance": at_chance(metrics), "diverged": epoch is not None}
+        chance = bool(training_table([metrics])[schema.AT_CHANCE].iloc[0])
+        out: dict[str, bool | int] = {"at_chance": chance, "diverged": epoch is not None}
         return out | ({"diverged_epoch": epoch} if epoch is not None else {})
     if kind == "attack":
         sanity = metrics.get("sanity", {})

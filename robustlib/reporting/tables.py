@@ -44,16 +44,10 @@ def training_table(metrics: Sequence[Mapping]) -> pd.DataFrame:
         schema.CLEAN_ACC_PCT: round(100 * m["clean_acc"], 2),
         schema.N_TEST: m["n_test"],
         schema.TRAIN_MINUTES: round(m["train_minutes"], 2),
-        schema.AT_CHANCE: at_chance(m),
+        schema.AT_CHANCE: bool(m["clean_acc"] <= 1 / dataset_info(m["dataset"]).num_classes + CHANCE_MARGIN),
         schema.DIVERGED_AT: diverged_epoch(m) or schema.NOT_DIVERGED,
     } for m in metrics]
     return pd.DataFrame(rows).sort_values(schema.RUN).reset_index(drop=True)
-
-
-def at_chance(train_metrics: Mapping) -> bool:
-    """A run whose clean accuracy (train stage metrics) is within ``CHANCE_MARGIN`` of guessing: collapsed."""
-    m = train_metrics
-    return bool(m["clean_acc"] <= 1 / dataset_info(m["dataset"]).num_classes + CHANCE_MARGIN)
 
 
 def diverged_epoch(train_metrics: Mapping) -> int | None:
