@@ -25,8 +25,10 @@ PAPER_FIGURES = {
     "table3": ("table3_ablations.png", [schema.CLEAN_PCT, schema.PGD_LINF_PCT, schema.WORST_LINF_PCT]),
     "table4": ("table4_laplacian.png", [schema.CLEAN_PCT, schema.PGD_LINF_PCT, schema.WORST_LINF_PCT]),
 }
-"""The report stage's figure of each paper table but Table 2 (``verification.png``): its file under
-``figures/`` and our columns it draws (``robustlib.reporting.paper_figures.beside_paper_figure``)."""
+"""The report stage's figure of each paper table but Table 2: its file under ``figures/`` and our columns it
+draws (``robustlib.reporting.paper_figures.beside_paper_figure``)."""
+VERIFICATION_FIGURE = "verification.png"
+"""Table 2's figure (``robustlib.reporting.paper_figures.verification_figure``)."""
 
 
 def paper_comparisons(dataset: str, train: list[dict], t1: pd.DataFrame, t2: pd.DataFrame, inp: Path
@@ -140,10 +142,10 @@ def report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_tra
     numbers beside ours and the verdicts (``comparisons``, from ``paper_comparisons``)."""
     data, ap = params["data"], params["attack"]
 
-    def beside(key: str) -> list[str]:  # the paper's numbers beside ours, then the figure of both
-        figure = [f"![{paper.TABLES[key].title}: ours beside the paper](figures/{PAPER_FIGURES[key][0]})", ""] \
-            if key in PAPER_FIGURES else []
-        return _paper_block(key, comparisons, params, t_train, inp) + figure
+    def beside(key: str) -> list[str]:  # the figure of ours beside the paper's numbers, then the numbers
+        name = PAPER_FIGURES[key][0] if key in PAPER_FIGURES else VERIFICATION_FIGURE if key == "table2" else None
+        figure = [f"![{paper.TABLES[key].title}: ours beside the paper](figures/{name})", ""] if name else []
+        return figure + _paper_block(key, comparisons, params, t_train, inp)
 
     t, f = paths.tables_dir(out), "figures"
     lines = [
@@ -169,7 +171,6 @@ def report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_tra
     lines += _section("Table 2 analog: complete verification (MILP)", t / "table2_verification.md", out,
                       _table2_note(params["verify"]))
     lines += beside("table2")
-    lines += [f"![verification]({f}/verification.png)", ""]
     lines += _section("Certified accuracy (IBP; Lipschitz for spectral-norm runs)", t / "certified.md", out)
     lines += _cross_run_sections(out, inp, beside)
     lines += _section("Cost per training step (benchmark)", t / "benchmark_objectives.md", out,

@@ -18,7 +18,7 @@ from robustlib.pipeline.io import atomic_write, read_json, write_json
 from robustlib.pipeline.params import all_runs
 from robustlib.reporting import paper, summary
 from robustlib.reporting.curves import robustness_curves_figure
-from robustlib.reporting.page import PAPER_FIGURES, paper_comparisons, report_markdown
+from robustlib.reporting.page import PAPER_FIGURES, VERIFICATION_FIGURE, paper_comparisons, report_markdown
 from robustlib.reporting.paper_figures import beside_paper_figure, verification_figure
 from robustlib.reporting.plots import learning_curves_figure, run_family, save_figure
 from robustlib.reporting.tables import (
@@ -65,7 +65,7 @@ def run(params_file: str = "params.yaml", output_root: str = ".", input_root: st
     comparisons = paper_comparisons(dataset, train, t1, t2, inp)
     milp = {r: schema.load_verify_results(paths.verify_results_path(inp, r)) for r in env.params["verify"]["milp_runs"]}
     save_figure(verification_figure(t2, comparisons["table2"][0], paper.TABLE2, milp, dataset),
-                figures / "verification.png")
+                figures / VERIFICATION_FIGURE)
     ours = {"table1": t1, "table3": pd.read_csv(paths.tables_dir(inp) / "ablation_table3.csv"),
             "table4": pd.read_csv(paths.tables_dir(inp) / "laplacian_table4.csv")}
     for key, (name, columns) in PAPER_FIGURES.items():  # each paper table's figure: ours beside the paper's
