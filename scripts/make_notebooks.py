@@ -152,6 +152,19 @@ NOTEBOOKS = {
                       "display(result['table'])\nresult['stats']"),
         new_code_cell("display(Image(filename=str(result['figure'])))"),
     ],
+    "60_gallery.ipynb": [
+        new_markdown_cell("# Adversarial-example gallery\n\nThe first `gallery.n` test images of the attack stage's "
+                          "evaluation order for each run of `gallery.runs`, clean and under each attack of the "
+                          "paper's Table 1 that the `attack` params configure (the attack stage's suite, seed and "
+                          "LPIPS network), with each prediction and the perturbation x_adv - x."),
+        new_code_cell(EXPLORE + 'params_file: str = "profiles/smoke.yaml"  # relative to the project root\n'
+                      + OUT + '; the train and lpips notebooks must have run there',
+                      metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP + "\n\nfrom IPython.display import Image, display\n\n"
+                      "from robustlib.stages import gallery as stage"),
+        new_code_cell("result = stage.run(params_file, output_root)\nresult['seconds']"),
+        new_code_cell("display(Image(filename=str(result['figure'])))\nresult['table']"),
+    ],
     "90_report.ipynb": [
         new_markdown_cell("# Report\n\nCollects the outputs of every stage into the tables and figures under "
                           "`reports/<profile>/` and writes `reports/<profile>/report.md`."),

@@ -66,6 +66,8 @@ BAD = [  # (profile, key, bad value, what the message must say)
     ("default", "data.n_val", "many", "data.n_val: must be an integer >= 0, got 'many'"),
     ("default", "laplacian.fraction", 0.0, "laplacian.fraction: must be a finite number in (0, 1], got 0.0"),
     ("default", "lpips.model", "vgg99", "lpips.model: unknown model 'vgg99'"),
+    ("default", "gallery.runs", ["standard"], "gallery.runs: must be a list of exactly 2 values"),  # dvc.yaml: [0], [1]
+    ("default", "gallery.runs", ["standard", "nobody"], "gallery name unknown runs ['nobody']"),  # params.load
 ]
 
 
@@ -120,3 +122,5 @@ def test_checks_name_what_is_allowed():
     assert C.integer(1)(True) == "an integer >= 1" and C.integer(1)(3) is None
     assert C.optional(C.integer(0))(None) is None and C.optional(C.integer(0))(-1) == "null or an integer >= 0"
     assert C.list_of(C.real(0, 1), 1)([]) is not None and C.list_of(C.real(0, 1), 1)([0.5]) is None
+    assert C.list_of(C.real(0, 1), 2, 2)([0.5]).startswith("a list of exactly 2 values")
+    assert C.list_of(C.real(0, 1), 2, 2)([0.5, 0.1, 0.2]) is not None and C.list_of(C.real(0, 1), 2, 2)([0, 1]) is None

@@ -61,6 +61,43 @@ def test_lpips_stage_outputs_are_the_library_paths(root):
     assert str(paths.lpips_model_path(r)) in _dvc(root)["attack"]["do"]["deps"]
 
 
+def test_gallery_stage_outputs_and_inputs_are_the_library_paths(root):
+    """The gallery stage writes the figure and table the report reads (and depends on), and depends on the
+    gallery runs' models and splits (by index: check.py allows exactly two runs) and the LPIPS network."""
+
+    r = Path(PROFILE_ROOT)
+    body = _dvc(root)["gallery"]
+    made = {str(paths.gallery_figure_path(r)), str(paths.gallery_table_path(r))}
+    assert made <= set(_outs(body))
+    assert made <= set(_dvc(root)["report"]["deps"])
+    for i in (0, 1):
+        run = f"${{gallery.runs[{i}]}}"
+        assert {str(paths.model_path(r, run)), str(paths.split_path(r, run))} <= set(body["deps"])
+    assert str(paths.lpips_model_path(r)) in body["deps"] and "${data.path}" in body["deps"]
+    assert body["params"] == ["base", "gallery", "attack"]
+
+
+def test_metrics_are_the_report_summaries(root):
+    """`dvc metrics show` reads the report's compact per-run summaries; the train, attack and verify stages'
+    detailed metrics files are plain outputs (not cached)."""
+    from robustlib.reporting import summary
+    from robustlib.reporting.page import PAPER_FIGURES
+
+    r = Path(PROFILE_ROOT)
+    stages = _dvc(root)
+    metrics = {name: [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("do", stage).get("metrics", [])]
+               for name, stage in stages.items()}
+    assert metrics["report"] == [str(summary.summary_dir(r, kind)) for kind in summary.KINDS]
+    for name, fn, key in (("train", paths.train_metrics_path, "${key}"), ("attack", paths.attack_metrics_path,
+                                                                          "${item}"),
+                          ("verify", paths.verify_metrics_path, "${item}")):
+        body = stages[name]["do"]
+        assert not metrics[name], name
+        detailed = str(fn(r, key))
+        assert {detailed: {"cache": False}} in body["outs"], name
+    assert {str(paths.figures_dir(r) / f) for f, _ in PAPER_FIGURES.values()} <= set(_outs(stages["report"]))
+
+
 def test_every_output_lies_under_the_profile_root(root):
     """Profiles keep their results side by side: every output of every stage is under reports/<profile>/,
     and each stage writes to that root."""

@@ -54,7 +54,11 @@ def test_smoke_profile_dvc_repro(root, tmp_path, smoke_reference):
               "figures/robustness_curves.png", "figures/verification.png",
               "figures/ablation_sweep.png", "figures/neighbour_distances.png",
               "report.md", "attack/hamming_stability.csv", "verify/rs_loss.csv",
-              "metrics/train/hamming_stability_then_pgd.json"):
+              "metrics/train/hamming_stability_then_pgd.json",
+              "figures/gallery.png", "tables/gallery.csv", "figures/table1_attacks.png",
+              "figures/table3_ablations.png", "figures/table4_laplacian.png",
+              "summary/train/hamming_stability_then_pgd.json", "summary/attack/hamming_stability.json",
+              "summary/verify/rs_loss.json"):
         assert (out / f).stat().st_size > 0, f
     prov = json.loads((out / "provenance.json").read_text())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
@@ -68,7 +72,8 @@ def test_smoke_profile_dvc_repro(root, tmp_path, smoke_reference):
     assert m["autoattack"]["linf"]["unresolved"] == 0
     assert m["seconds"]["aa_linf"] > 0 and "curves_after_attacks" in m["seconds"]
     report = (out / "report.md").read_text()
-    assert "_missing" not in report and "Table 1 analog" in report
+    assert "_missing" not in report and "Table 1 analog" in report and "## Adversarial examples" in report
+    assert json.loads((out / "summary/attack/hamming_stability.json").read_text())["clean_acc"] == m["clean_acc"]
     assert other.read_text() == "another profile's committed report\n"
     second = _run([dvc, "repro"], ws)
     assert "Running stage" not in second and "up to date" in second

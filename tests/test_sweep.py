@@ -343,21 +343,7 @@ def test_sweep_stage_outputs_are_the_library_paths(root):
 # ---------------------------------------------------------------------------------------------
 # the four stages end to end, with the params they read checked against dvc.yaml
 # ---------------------------------------------------------------------------------------------
-TINY = """extends: smoke
-data: {n_train: 400, n_val: 200, n_test: 100}
-train: {epochs: 2, batch_size: 50, lr_knots: [[0.0, 1.0], [1.0, 1.0]]}
-runs:
-  standard:
-    objective: {ce: 1.0}
-  hamming_stability:
-    objective: {ce: 1.0, hamming: {weight: 10.0, alpha: 8.0}, stability: {weight: 0.0025}}
-  pgd_at:
-    objective: {pgd_at: {weight: 1.0, steps: 3}}
-finetunes: {}
-verify: {milp_runs: [hamming_stability]}
-ablations: {table_runs: [hamming_stability], sweep_runs: [hamming_stability]}
-laplacian: {sparse_run: hamming_stability}
-sweeps:
+TINY_SWEEP = """sweeps:
   tiny:
     base_run: hamming_stability
     gamma_h: 1.0
@@ -407,7 +393,7 @@ def _check_reads(log: Path, declared: dict[str, set[str]]) -> None:
     assert not problems, problems
 
 
-def test_sweep_stages_end_to_end(root, tmp_path, monkeypatch):
+def test_sweep_stages_end_to_end(root, tmp_path, monkeypatch, tiny_workspace):
     from robustlib.attacks.common import AttackResult
     from robustlib.pipeline import paths
     from robustlib.pipeline.io import write_json
@@ -415,17 +401,9 @@ def test_sweep_stages_end_to_end(root, tmp_path, monkeypatch):
     from robustlib.stages import sweep_select
     from robustlib.stages.common import PARAMS_LOG
 
-    ws = tmp_path / "ws"
-    (ws / "profiles").mkdir(parents=True)
-    for f in (root / "profiles").glob("*.yaml"):
-        shutil.copy(f, ws / "profiles" / f.name)
-    (ws / "profiles" / "tiny.yaml").write_text(TINY)
-    shutil.copy(root / "dvc.yaml", ws / "dvc.yaml")
-    monkeypatch.chdir(ws)
-    monkeypatch.setenv("ROBUSTLIB_DATA", str(root / "data"))
+    ws = tiny_workspace(TINY_SWEEP)
     log = tmp_path / "reads.jsonl"
     monkeypatch.setenv(PARAMS_LOG, str(log))
-    P.use_profile("tiny", ws)
     params = P.load(ws / "params.yaml")
     out = ws / "reports" / "tiny"
     cells = list(params["sweep_cells"])

@@ -253,3 +253,34 @@ def verified_at(table: pd.DataFrame, eps: float) -> pd.Series:
     """Per example (indexed by test index): verified at ``eps``; empty when the table has no rows there."""
     at = table[(table[EPS] - eps).abs() < 1e-9]
     return (at[VERIFY_VERDICT] == VERIFIED).set_axis(at[INDEX])
+
+
+# === the gallery table (gallery stage; reports/<profile>/tables/gallery.csv) ===============================
+# One row per run, test image and attack (GALLERY_CLEAN first): the true label, the attack's budget, whether the
+# image was attacked (it was classified correctly), the prediction on the point the attack returned, whether it
+# is the label, the perturbation's L-inf and L2 norms, and why the attack does not apply (then no prediction).
+GALLERY_CLEAN = "clean"
+"""The ``attack`` value of a clean image's row."""
+LABEL, BUDGET, ATTACKED, PREDICTION, CORRECT = "label", "budget", "attacked", "prediction", "correct"
+DELTA_LINF, DELTA_L2, NOT_APPLICABLE = "delta_linf", "delta_l2", "not_applicable"
+GALLERY_COLUMNS = [RUN, INDEX, LABEL, ATTACK, BUDGET, ATTACKED, PREDICTION, CORRECT, DELTA_LINF, DELTA_L2,
+                   NOT_APPLICABLE]
+
+
+def typed_gallery(table: pd.DataFrame) -> pd.DataFrame:
+    """The gallery table with integers and booleans that may be missing (n/a, the clean row) as pandas' nullable
+    types, the reasons as strings (also when none is given, which CSV would read back as numbers)."""
+    return table.astype({PREDICTION: "Int64", ATTACKED: "boolean", CORRECT: "boolean", NOT_APPLICABLE: "str"})
+
+
+def save_gallery(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write the gallery table as CSV (6 significant digits; atomically)."""
+    atomic_write(path, lambda p: table.to_csv(p, index=False, float_format="%.6g"))
+
+
+def load_gallery(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by ``save_gallery`` (types restored)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"missing {path}: run the gallery stage first (`dvc repro gallery`)")
+    return typed_gallery(pd.read_csv(path))

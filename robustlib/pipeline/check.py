@@ -53,12 +53,15 @@ def optional(check: Check) -> Check:
     return lambda v: None if v is None else (None if check(v) is None else f"null or {check(v)}")
 
 
-def list_of(check: Check, min_len: int = 0) -> Check:
-    """A list of at least ``min_len`` values that each pass ``check``."""
+def list_of(check: Check, min_len: int = 0, max_len: int | None = None) -> Check:
+    """A list of ``min_len`` to ``max_len`` (no limit: None) values that each pass ``check``."""
     def run(v: Any) -> str | None:
-        if not isinstance(v, list) or len(v) < min_len or any(check(e) is not None for e in v):
+        if (not isinstance(v, list) or len(v) < min_len or (max_len is not None and len(v) > max_len)
+                or any(check(e) is not None for e in v)):
             probe = check(object())
-            return f"a list of {min_len} or more values, each {probe}"
+            size = (f"{min_len} or more" if max_len is None else
+                    f"exactly {min_len}" if max_len == min_len else f"{min_len} to {max_len}")
+            return f"a list of {size} values, each {probe}"
         return None
     return run
 
@@ -98,7 +101,8 @@ def _checks(params: Mapping[str, Any]) -> dict[tuple[str, ...], Check]:
         ("ablations", "table_runs"): list_of(run, 1), ("ablations", "sweep_runs"): list_of(run),
         ("laplacian", "sparse_run"): run, ("laplacian", "dense_run"): optional(run),
         ("laplacian", "fraction"): real(0.0, 1.0, lo_open=True),
-        ("gallery", "runs"): list_of(run, 1), ("gallery", "n"): integer(1),
+        ("gallery", "runs"): list_of(run, 2, 2),  # dvc.yaml's gallery stage names gallery.runs[0] and [1]
+        ("gallery", "n"): integer(1),
         ("report", "curve_metrics"): list_of(lambda v: None if isinstance(v, str) else "a string", 1),
     }
 

@@ -107,3 +107,13 @@ def report_path(root: Path) -> Path:
 def provenance_path(root: Path) -> Path:
     """The commit, dirty files and resolved params the profile's results came from (report stage)."""
     return Path(root) / "provenance.json"
+
+
+def gallery_figure_path(root: Path) -> Path:
+    """The adversarial-example gallery's figure (gallery stage)."""
+    return figures_dir(root) / "gallery.png"
+
+
+def gallery_table_path(root: Path) -> Path:
+    """The gallery's predictions (``robustlib.evaluation.schema.GALLERY_COLUMNS``; gallery stage)."""
+    return tables_dir(root) / "gallery.csv"

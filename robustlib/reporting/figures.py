@@ -1,11 +1,10 @@
-"""The report's figures of the results (the ablations' sweep, verification, the training data's
+"""The ablations' and laplacian stages' figures (the regularization-strength sweep, the training data's
 neighbour distances; the robustness curves, which the attack notebook also draws, are
-``robustlib.reporting.curves``): each function returns a Figure (never saves it;
-``robustlib.reporting.plots.save_figure`` does), multi-run figures grouped by run family."""
+``robustlib.reporting.curves``; the paper tables' figures, ours beside the paper's, drawn by the report
+stage, are ``robustlib.reporting.paper_figures``): each function returns a Figure (never saves it;
+``robustlib.reporting.plots.save_figure`` does)."""
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -13,7 +12,6 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from robustlib.evaluation import schema
-from robustlib.reporting.plots import RUN, stack
 
 
 def sweep_figure(sweep: pd.DataFrame) -> Figure:
@@ -49,21 +47,5 @@ def neighbour_histogram(distances, stats) -> Figure:
     ax.set_xlabel("L2 distance to the nearest other training point")
     ax.set_ylabel("sampled training points")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def verification_figure(per_example: Mapping[str, pd.DataFrame]) -> Figure:
-    """Verification time and unstable-ReLU counts per run (one box per run and eps)."""
-    tidy = stack({run: df for run, df in per_example.items() if len(df)})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    sns.boxplot(data=tidy, x=RUN, y=schema.VERIFY_SECONDS, hue=schema.EPS, ax=ax1)
-    ax1.set_yscale("log")
-    ax1.set_ylabel("seconds per example")
-    sns.boxplot(data=tidy, x=RUN, y=schema.VERIFY_UNSTABLE, hue=schema.EPS, ax=ax2)
-    ax2.set_ylabel("unstable ReLUs per example")
-    for ax in (ax1, ax2):
-        ax.tick_params(axis="x", rotation=30)
-        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

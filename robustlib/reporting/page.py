@@ -14,9 +14,21 @@ import pandas as pd
 from robustlib.evaluation import schema
 from robustlib.pipeline import paths
 from robustlib.pipeline.io import read_json
-from robustlib.reporting import paper
+from robustlib.reporting import gallery, paper
 from robustlib.reporting.sweep import sweep_sections
 from robustlib.reporting.tables import describe_objective, per_example_outcomes
+
+PAPER_FIGURES = {
+    "table1": ("table1_attacks.png", [schema.TABLE_CLEAN, schema.LINF_AA, schema.LINF_WORST, schema.L2_AA,
+                                      schema.SPATIAL, schema.RECOLOR, schema.JPEG_COLUMN, schema.NPTM_COLUMN,
+                                      schema.TRAIN_MINUTES]),
+    "table3": ("table3_ablations.png", [schema.CLEAN_PCT, schema.PGD_LINF_PCT, schema.WORST_LINF_PCT]),
+    "table4": ("table4_laplacian.png", [schema.CLEAN_PCT, schema.PGD_LINF_PCT, schema.WORST_LINF_PCT]),
+}
+"""The report stage's figure of each paper table but Table 2: its file under ``figures/`` and our columns it
+draws (``robustlib.reporting.paper_figures.beside_paper_figure``)."""
+VERIFICATION_FIGURE = "verification.png"
+"""Table 2's figure (``robustlib.reporting.paper_figures.verification_figure``)."""
 
 
 def paper_comparisons(dataset: str, train: list[dict], t1: pd.DataFrame, t2: pd.DataFrame, inp: Path
@@ -130,8 +142,10 @@ def report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_tra
     numbers beside ours and the verdicts (``comparisons``, from ``paper_comparisons``)."""
     data, ap = params["data"], params["attack"]
 
-    def beside(key: str) -> list[str]:
-        return _paper_block(key, comparisons, params, t_train, inp)
+    def beside(key: str) -> list[str]:  # the figure of ours beside the paper's numbers, then the numbers
+        name = PAPER_FIGURES[key][0] if key in PAPER_FIGURES else VERIFICATION_FIGURE if key == "table2" else None
+        figure = [f"![{paper.TABLES[key].title}: ours beside the paper](figures/{name})", ""] if name else []
+        return figure + _paper_block(key, comparisons, params, t_train, inp)
 
     t, f = paths.tables_dir(out), "figures"
     lines = [
@@ -153,10 +167,10 @@ def report_markdown(params: dict, out: Path, inp: Path, comparisons: dict, t_tra
                       "undefended run's accuracy under each attack must not exceed control_max (the attack stage "
                       "fails otherwise).")
     lines += [f"![robustness curves]({f}/robustness_curves.png)", ""]
+    lines += gallery_section(out, inp, ap)
     lines += _section("Table 2 analog: complete verification (MILP)", t / "table2_verification.md", out,
                       _table2_note(params["verify"]))
     lines += beside("table2")
-    lines += [f"![verification]({f}/verification.png)", ""]
     lines += _section("Certified accuracy (IBP; Lipschitz for spectral-norm runs)", t / "certified.md", out)
     lines += _cross_run_sections(out, inp, beside)
     lines += _section("Cost per training step (benchmark)", t / "benchmark_objectives.md", out,
@@ -184,6 +198,33 @@ def _cross_run_sections(out: Path, inp: Path, beside) -> list[str]:
                   f"![neighbour distances]({f_in}/neighbour_distances.png)", ""]
         lines += beside("appendix_b")
     return lines
+
+
+def gallery_section(out: Path, inp: Path, ap: dict) -> list[str]:
+    """The adversarial-example gallery (the gallery stage's figure and table under ``inp``): how it was made,
+    per run and attack how many of its images are still classified correctly, and on how many (image, attack)
+    pairs the attack stage's per-example results (its n_test examples at once) give the same outcome."""
+    table = schema.load_gallery(paths.gallery_table_path(inp))
+    runs = list(dict.fromkeys(table[schema.RUN]))
+    n = table.groupby(schema.RUN)[schema.INDEX].nunique().max()
+    results = {r: schema.load_results(paths.attack_results_path(inp, r)) for r in runs
+               if paths.attack_results_path(inp, r).exists()}
+    agree, compared = gallery.attack_stage_agreement(table, results)
+    names = ", ".join(gallery.TITLES[a] for a in dict.fromkeys(table[schema.ATTACK]) if a in gallery.TITLES)
+    figure = Path(os.path.relpath(paths.gallery_figure_path(inp), out)).as_posix()
+    table_file = Path(os.path.relpath(paths.gallery_table_path(inp), out)).as_posix()
+    return ["## Adversarial examples", "", f"![adversarial examples]({figure})", "",
+            f"The first {n} test images of the attack stage's evaluation order for {', '.join(runs)}: clean and "
+            f"under each attack of Table 1 that this profile runs ({names}), built by the attack stage's suite "
+            "from the same params, seed and LPIPS network (the gallery stage), run on these images alone. Above "
+            "each image its prediction (green tick: the label; red cross: wrong); beside it the perturbation "
+            "x_adv - x, drawn as 0.5 + factor x (x_adv - x) (grey: no change) with the factor of that attack "
+            "above it. An image the model already misclassifies is not attacked (every attack returns it "
+            "unchanged). n/a: the attack does not apply (ReColorAdv needs colour images).", "",
+            "Images still classified correctly:", "", gallery.counts(table).to_markdown(index=False), "",
+            f"The attack stage, which ran the same attacks on all {ap['n_test']} examples at once (other random "
+            f"starts), gives the same outcome on {agree} of the {compared} (image, attack) pairs it shares with "
+            f"the gallery. Source: `{table_file}`.", ""]
 
 
 def _table1_note(ap: dict, inp: Path) -> str:

@@ -1,7 +1,8 @@
 """The report stage: cross-run tables and figures and the one-page report.md under the profile's
 output root (``reports/<profile>/`` under DVC), with the provenance of the results,
-from the outputs of the train, attack, verify, ablations and laplacian stages and the benchmark
-results files."""
+from the outputs of the train, attack, verify, ablations, laplacian and gallery stages and the benchmark
+results files; and the compact per-run summaries of the train, attack and verify metrics that dvc.yaml
+declares as the report's metrics (``robustlib.reporting.summary``)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import pandas as pd
 
 from robustlib.evaluation import schema
 from robustlib.pipeline import paths, provenance
-from robustlib.pipeline.io import atomic_write, read_json
+from robustlib.pipeline.io import atomic_write, read_json, write_json
 from robustlib.pipeline.params import all_runs
-from robustlib.reporting import paper
+from robustlib.reporting import paper, summary
 from robustlib.reporting.curves import robustness_curves_figure
-from robustlib.reporting.figures import verification_figure
-from robustlib.reporting.page import paper_comparisons, report_markdown
+from robustlib.reporting.page import PAPER_FIGURES, VERIFICATION_FIGURE, paper_comparisons, report_markdown
+from robustlib.reporting.paper_figures import beside_paper_figure, verification_figure
 from robustlib.reporting.plots import learning_curves_figure, run_family, save_figure
 from robustlib.reporting.tables import (
     attack_table,
@@ -58,11 +59,21 @@ def run(params_file: str = "params.yaml", output_root: str = ".", input_root: st
                                          families, reference), figures / "robustness_curves.png")
     t2 = verification_table(verify, {m["run"]: m for m in attack})
     write_table(t2, tables / "table2_verification")
-    milp = {r: schema.load_verify_results(paths.verify_results_path(inp, r)) for r in env.params["verify"]["milp_runs"]}
-    save_figure(verification_figure(milp), figures / "verification.png")
     write_table(certified_table(verify), tables / "certified")
     write_table(benchmark_table(env.root / "benchmarks" / "results"), tables / "benchmark_objectives")
-    comparisons = paper_comparisons(env.params["data"]["dataset"], train, t1, t2, inp)
+    dataset = env.params["data"]["dataset"]
+    comparisons = paper_comparisons(dataset, train, t1, t2, inp)
+    milp = {r: schema.load_verify_results(paths.verify_results_path(inp, r)) for r in env.params["verify"]["milp_runs"]}
+    save_figure(verification_figure(t2, comparisons["table2"][0], paper.TABLE2, milp, dataset),
+                figures / VERIFICATION_FIGURE)
+    ours = {"table1": t1, "table3": pd.read_csv(paths.tables_dir(inp) / "ablation_table3.csv"),
+            "table4": pd.read_csv(paths.tables_dir(inp) / "laplacian_table4.csv")}
+    for key, (name, columns) in PAPER_FIGURES.items():  # each paper table's figure: ours beside the paper's
+        save_figure(beside_paper_figure(ours[key], columns, paper.TABLES[key], comparisons[key][0],
+                                        f"{paper.TABLES[key].title} analog", dataset), figures / name)
+    for kind, per_run in summary.summaries(train, attack, verify, dataset).items():
+        for run, s in per_run.items():
+            write_json(s, summary.summary_path(out, kind, run))
     write_table(pd.concat([c.assign(**{schema.PAPER_TABLE: paper.TABLES[k].title})
                            for k, (c, _) in comparisons.items()], ignore_index=True), tables / "paper_comparison")
     page = report_markdown(env.params, out, inp, comparisons, t_train)
