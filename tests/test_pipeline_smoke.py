@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import OTHER_REPORT
 
 pytestmark = pytest.mark.pipeline
 
@@ -22,29 +23,11 @@ def _run(cmd, cwd, **extra_env):
     return res.stdout + res.stderr
 
 
-def test_smoke_profile_dvc_repro(root, tmp_path, smoke_reference):
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    ws = tmp_path / "ws"
-    for f in filter(None, files):
-        src = root / f
-        if src.is_file() and not f.startswith(("reports/", "runs/", "checkpoints/")) and f != "dvc.lock":
-            (ws / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, ws / f)
+def test_smoke_profile_dvc_repro(tmp_path, smoke_runs):
+    ws, reads_log = smoke_runs.seq, smoke_runs.reads_log  # `dvc repro` of the smoke profile (conftest.py)
     out = ws / "reports" / "smoke"  # the smoke profile's results; other profiles' are not copied ...
-    other = ws / "reports" / "other" / "report.md"  # ... except one file that must survive the repro
-    other.parent.mkdir(parents=True)
-    other.write_text("another profile's committed report\n")
-    _run(["git", "init", "-q"], ws)
-    _run(["git", "add", "-A"], ws)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace copy"], ws)
+    other = ws / OTHER_REPORT[0]  # ... except one file that must survive the repro
     dvc = str(Path(sys.executable).with_name("dvc"))
-    _run([sys.executable, "-m", "robustlib.pipeline", "use", "smoke"], ws)
-    _run([sys.executable, "-m", "robustlib.pipeline", "check"], ws)
-    reads_log = tmp_path / "params_reads.jsonl"
-    _run([dvc, "repro"], ws, ROBUSTLIB_PARAMS_LOG=str(reads_log))
-    shutil.copytree(out, smoke_reference / "reports" / "smoke")  # the sequential reference of test_scaleout_smoke.py
-    shutil.copy2(ws / "dvc.lock", smoke_reference / "dvc.lock")
     _check_declared_params(ws / "dvc.lock", reads_log)
     for f in ("tables/train_summary.md", "tables/table1_attacks.md",
               "tables/table2_verification.md", "tables/certified.md",
@@ -74,7 +57,7 @@ def test_smoke_profile_dvc_repro(root, tmp_path, smoke_reference):
     report = (out / "report.md").read_text()
     assert "_missing" not in report and "Table 1 analog" in report and "## Adversarial examples" in report
     assert json.loads((out / "summary/attack/hamming_stability.json").read_text())["clean_acc"] == m["clean_acc"]
-    assert other.read_text() == "another profile's committed report\n"
+    assert other.read_text() == OTHER_REPORT[1]
     second = _run([dvc, "repro"], ws)
     assert "Running stage" not in second and "up to date" in second
     # checkpoints/ (scripts/checkpoints.sh): save, lose the DVC cache and every cached output, restore:

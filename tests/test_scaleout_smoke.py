@@ -5,8 +5,8 @@ clean afterwards, every output is byte-identical or differs only where a wall cl
 verdicts at their time limit), and dvc.lock has the same stages in the same order with the same commands,
 params and paths, and the same hash for every path whose files are byte-identical.
 
-The sequential reference is the one tests/test_pipeline_smoke.py makes (the `smoke_reference` fixture);
-run alone, this test makes its own (another ~8 minutes)."""
+The sequential reference is the `dvc repro` that tests/test_pipeline_smoke.py checks; both runs are made at
+the same time by the ``smoke_runs`` fixture (conftest.py)."""
 
 from __future__ import annotations
 
@@ -19,21 +19,15 @@ import pytest
 import yaml
 
 from robustlib.scaleout.shards import plan_shards
-from robustlib.scaleout.workspace import compare_locks, compare_outputs, copy_workspace, run
+from robustlib.scaleout.workspace import compare_locks, compare_outputs, run
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
-def test_smoke_profile_on_two_workers_matches_dvc_repro(root, tmp_path, smoke_reference):
-    ref = smoke_reference
-    if not (ref / "dvc.lock").exists():  # tests/test_pipeline_smoke.py did not run first
-        ref = copy_workspace(root, tmp_path / "seq", "smoke")
-        run([DVC, "repro"], ref)
-    ws = copy_workspace(root, tmp_path / "par", "smoke")
-    summary = tmp_path / "summary.json"
-    run([sys.executable, "-m", "robustlib.scaleout", "-j", "2", "--summary", str(summary)], ws)
+def test_smoke_profile_on_two_workers_matches_dvc_repro(smoke_runs, smoke_reference):
+    ref, ws, summary = smoke_reference, smoke_runs.par, smoke_runs.summary  # run at the same time (conftest.py)
     s = json.loads(summary.read_text())
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     assert s["workers"] == 2 and len({r["worker"] for r in s["results"]}) == 2

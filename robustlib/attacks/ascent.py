@@ -134,6 +134,14 @@ def maximize(model: nn.Module, problem: Problem, steps: int, step: StepRule, *, 
     ``inf``) and leaves the batch (no further steps or restarts), so the batch shrinks as the attack
     goes. Without ``y`` every example runs every step (e.g. the transfer attack's source loss).
     """
+    _check_settings(steps, restarts, keep, y)
+    if keep == "last":
+        return _last_iterate(model, problem, steps, step)
+    return _best_iterate(model, problem, steps, step, restarts, keep, y, trace)
+
+
+def _check_settings(steps: int, restarts: int, keep: Keep, y: Tensor | None) -> None:
+    """Reject step and restart counts, ``keep`` values and label use that ``maximize`` does not take."""
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if not (isinstance(restarts, int) and restarts >= 1):
@@ -144,72 +152,105 @@ def maximize(model: nn.Module, problem: Problem, steps: int, step: StepRule, *, 
         raise ValueError("keep='last' takes one restart and no labels (nothing is compared)")
     if keep == "margin" and y is None:
         raise ValueError("keep='margin' needs the labels y")
+
+
+def _last_iterate(model: nn.Module, problem: Problem, steps: int, step: StepRule) -> Ascent:
+    """``keep="last"``: every example runs every step from one start; the last iterate, not evaluated (score NaN)."""
     x = problem.x.detach()
     n, device = x.shape[0], x.device
-    if keep == "last":
-        idx = torch.arange(n, device=device)
-        theta = problem.project(problem.start(idx, 0, None).detach(), idx)
-        state = step.init(theta)
-        for t in range(steps):
-            theta, grad, _, _, _ = _evaluate(model, problem, theta, idx, True)
-            theta = problem.project(step(theta, grad, state, t), idx)
-        return Ascent(problem.image(theta, idx).detach(), theta.detach(), torch.full((n,), math.nan, device=device))
+    idx = torch.arange(n, device=device)
+    theta = problem.project(problem.start(idx, 0, None).detach(), idx)
+    state = step.init(theta)
+    for t in range(steps):
+        theta, grad, _, _, _ = _evaluate(model, problem, theta, idx, True)
+        theta = problem.project(step(theta, grad, state, t), idx)
+    return Ascent(problem.image(theta, idx).detach(), theta.detach(), torch.full((n,), math.nan, device=device))
 
-    points, score = x.clone(), torch.full((n,), -math.inf, device=device)
-    best_theta: Tensor | None = None
+
+@dataclass
+class _Best:
+    """Per example the best feasible iterate offered so far while ``maximize`` runs (``Ascent``'s fields; ``theta``
+    is made on the first offer, when its shape is known)."""
+
+    problem: Problem
+    keep: Keep
+    y: Tensor | None
+    points: Tensor
+    score: Tensor
+    theta: Tensor | None = None
+
+    def offer(self, theta: Tensor, img: Tensor, logits: Tensor, obj: Tensor, idx: Tensor) -> Tensor:
+        """Keep better iterates; return which rows are finished (fooled at a feasible point)."""
+        problem, y = self.problem, self.y
+        if self.theta is None:
+            self.theta = theta.new_zeros((self.points.shape[0], *theta.shape[1:]))
+        ok = problem.feasible(img, idx) if problem.feasible is not None else torch.ones_like(obj, dtype=torch.bool)
+        s = obj if self.keep == "objective" else margin_loss(logits, y[idx])
+        fooled = ok & (logits.argmax(1) != y[idx]) if y is not None else torch.zeros_like(ok)
+        s = torch.where(fooled, torch.full_like(s, math.inf), s)
+        better = ok & (s > self.score[idx])
+        if bool(better.any()):
+            rows = idx[better]
+            self.points[rows], self.theta[rows], self.score[rows] = img[better], theta[better], s[better]
+        return fooled
+
+
+def _best_iterate(model: nn.Module, problem: Problem, steps: int, step: StepRule, restarts: int, keep: Keep,
+                  y: Tensor | None, trace: Trace | None) -> Ascent:
+    """``keep="objective"`` / ``"margin"``: the restarts, then ``finish``; per example the best feasible iterate
+    (``maximize``)."""
+    x = problem.x.detach()
+    n, device = x.shape[0], x.device
+    best = _Best(problem, keep, y, x.clone(), torch.full((n,), -math.inf, device=device))
     todo = torch.arange(n, device=device)
     if y is not None:
         with torch.no_grad():
             todo = (model(x).argmax(1) == y).nonzero().squeeze(1)
-
-    def offer(theta: Tensor, img: Tensor, logits: Tensor, obj: Tensor, idx: Tensor) -> Tensor:
-        """Keep better iterates; return which rows are finished (fooled at a feasible point)."""
-        nonlocal best_theta
-        if best_theta is None:
-            best_theta = theta.new_zeros((n, *theta.shape[1:]))
-        ok = problem.feasible(img, idx) if problem.feasible is not None else torch.ones_like(obj, dtype=torch.bool)
-        s = obj if keep == "objective" else margin_loss(logits, y[idx])
-        fooled = ok & (logits.argmax(1) != y[idx]) if y is not None else torch.zeros_like(ok)
-        s = torch.where(fooled, torch.full_like(s, math.inf), s)
-        better = ok & (s > score[idx])
-        if bool(better.any()):
-            rows = idx[better]
-            points[rows], best_theta[rows], score[rows] = img[better], theta[better], s[better]
-        return fooled
-
-    idx, theta, theta_last = todo, None, None
+    idx, theta = todo, None
     for r in range(restarts):
-        idx = todo[score[todo] != math.inf]  # fooled examples are done
+        idx = todo[best.score[todo] != math.inf]  # fooled examples are done
         if idx.numel() == 0:
             break
-        prev = None if r == 0 else theta_last  # the same rows: those not fooled by restart r - 1
-        theta = problem.project(problem.start(idx, r, prev).detach(), idx)
-        state = step.init(theta)
-        for t in range(steps + 1):
-            need_grad = t < steps
-            theta, grad, img, logits, obj = _evaluate(model, problem, theta, idx, need_grad)
-            if trace is not None:
-                trace(r, t, idx, img, obj)
-            fooled = offer(theta, img, logits, obj, idx)
-            if bool(fooled.any()):
-                alive = ~fooled
-                idx, theta = idx[alive], theta[alive]
-                grad = grad[alive] if grad is not None else None
-                state = {k: v[alive] if _per_example(v, alive) else v for k, v in state.items()}
-                if idx.numel() == 0:
-                    break
-            if need_grad:
-                theta = problem.project(step(theta, grad, state, t), idx)
-        theta_last = theta
+        prev = None if r == 0 else theta  # the same rows: those not fooled by restart r - 1
+        idx, theta = _restart(model, problem, steps, step, r, idx, prev, best, trace)
     if problem.finish is not None and idx.numel() and theta is not None:
-        theta = problem.finish(theta, idx).detach()  # may differentiate (LPA's Newton projection)
-        with torch.no_grad():
-            img = problem.image(theta, idx)
-            logits = model(img)
-            offer(theta, img, logits, problem.objective(logits, theta, idx), idx)
-    if best_theta is None:
-        best_theta = x.new_zeros(x.shape) if problem.render is None else x.new_zeros((n, 0))
-    return Ascent(points, best_theta, score)
+        _offer_finish(model, problem, theta, idx, best)
+    if best.theta is None:
+        best.theta = x.new_zeros(x.shape) if problem.render is None else x.new_zeros((n, 0))
+    return Ascent(best.points, best.theta, best.score)
+
+
+def _restart(model: nn.Module, problem: Problem, steps: int, step: StepRule, r: int, idx: Tensor,
+             prev: Tensor | None, best: _Best, trace: Trace | None) -> tuple[Tensor, Tensor]:
+    """Restart ``r`` on the rows ``idx``: ``steps`` steps from ``problem.start``, every iterate offered to
+    ``best``; fooled rows leave the batch. Returns the rows left and their last iterate."""
+    theta = problem.project(problem.start(idx, r, prev).detach(), idx)
+    state = step.init(theta)
+    for t in range(steps + 1):
+        need_grad = t < steps
+        theta, grad, img, logits, obj = _evaluate(model, problem, theta, idx, need_grad)
+        if trace is not None:
+            trace(r, t, idx, img, obj)
+        fooled = best.offer(theta, img, logits, obj, idx)
+        if bool(fooled.any()):
+            alive = ~fooled
+            idx, theta = idx[alive], theta[alive]
+            grad = grad[alive] if grad is not None else None
+            state = {k: v[alive] if _per_example(v, alive) else v for k, v in state.items()}
+            if idx.numel() == 0:
+                break
+        if need_grad:
+            theta = problem.project(step(theta, grad, state, t), idx)
+    return idx, theta
+
+
+def _offer_finish(model: nn.Module, problem: Problem, theta: Tensor, idx: Tensor, best: _Best) -> None:
+    """Offer ``best`` the candidate ``problem.finish`` makes from the final iterates ``theta`` of the rows ``idx``."""
+    theta = problem.finish(theta, idx).detach()  # may differentiate (LPA's Newton projection)
+    with torch.no_grad():
+        img = problem.image(theta, idx)
+        logits = model(img)
+        best.offer(theta, img, logits, problem.objective(logits, theta, idx), idx)
 
 
 def _per_example(v: object, alive: Tensor) -> bool:

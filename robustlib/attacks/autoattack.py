@@ -169,6 +169,16 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
         logger.warning("autoattack: Square beat the gradient attacks; square_escalation=0, not re-run")
     info = {"square_stronger": square_stronger, "escalated": escalated,
             "escalation_hits": escalated - int(survived.sum()) if escalated else 0}
+    info.update(_zero_gradient_survivors(model, x, y, x_adv, survived, threat, batch_size))
+    return AttackResult(x_adv.detach(), info)
+
+
+def _zero_gradient_survivors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+                             survived: torch.Tensor, threat: ThreatModel, batch_size: int) -> dict[str, object]:
+    """The survivors with a zero input Jacobian that no sound bound proves robust (module notes): escape-attacked
+    (``_escape``: hits update ``x_adv`` and ``survived`` in place), and those left unresolved fail the run when more
+    than ``BLIND_MAX_FRACTION`` of the examples. Returns ``info``'s ``blind_escape_hits``, ``unresolved`` and
+    ``unresolved_positions``."""
     blind = survived.clone()
     if bool(survived.any()):
         blind[survived] = zero_jacobian(model, x[survived])
@@ -186,8 +196,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     if idx:
         logger.warning("autoattack: %s; counted robust (unbroken) and recorded as unresolved: robust accuracy "
                        "may be overstated by at most %d of %d examples", msg, len(idx), x.shape[0])
-    info.update(blind_escape_hits=escape_hits, unresolved=len(idx), unresolved_positions=",".join(map(str, idx)))
-    return AttackResult(x_adv.detach(), info)
+    return {"blind_escape_hits": escape_hits, "unresolved": len(idx), "unresolved_positions": ",".join(map(str, idx))}
 
 
 def _certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:

@@ -19,6 +19,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     was_training = model.training
     model.eval()
     try:
-        return float((predict(model, x, batch_size) == y).float().mean()) if len(y) else float("nan")
+        return float((predict(model, x, batch_size) == y.cpu()).float().mean()) if len(y) else float("nan")
     finally:
         model.train(was_training)

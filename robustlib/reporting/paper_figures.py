@@ -182,29 +182,8 @@ def verification_figure(t2: pd.DataFrame, comparison: pd.DataFrame, table: Paper
     axes = top.subplots(1, max(len(runs), 1), sharey=True, squeeze=False)[0]
     width, drawn = 0.8 / len(T2_BARS), set()
     for ax, run in zip(axes, runs, strict=False):
-        rows = t2[t2[RUN] == run].sort_values(schema.EPS)
-        x = np.arange(len(rows))
-        for k, (col, label, colour) in enumerate(T2_BARS):
-            values = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
-            pos = x - 0.4 + width * (k + 0.5)
-            ax.bar(pos, np.nan_to_num(values), width=width * 0.95, color=colour, label=label)
-            for p, v in zip(pos, values, strict=True):  # inside a tall bar, at its base (a mark sits higher)
-                inside = math.isfinite(v) and v >= 14
-                ax.text(p, 1.5 if inside else (v if math.isfinite(v) else 0) + 1.5,
-                        f"{v:.0f}" if math.isfinite(v) else "-", ha="center", va="bottom", fontsize=6.5,
-                        rotation=90, color="white" if inside else "k", zorder=6)
-            at = [i for i, e in enumerate(rows[schema.EPS]) if abs(float(e) - PAPER_EPS) < 1e-6]
-            for _, r in marks[(marks[RUN] == run) & (marks[schema.METRIC] == col)].iterrows():
-                for i in at:
-                    _mark(ax, x[i] - 0.4 + width * (k + 0.5), r[schema.PAPER_VALUE], r["kind"], "v", 16)
-                    drawn.add(r["kind"])
-        ax.set_xticks(x, [format_eps(e, dataset) for e in rows[schema.EPS]], fontsize=8)
-        ax.set_xlabel("L-inf eps", fontsize=8)
-        ax.set_ylim(0, 112)
-        paper_row = table.rows.get(run)
-        ax.set_title(textwrap.fill(run + (f" (paper: {paper_row})" if paper_row else ""), 34), fontsize=8,
-                     fontweight="bold" if paper_row else "normal")
-        ax.grid(axis="y", alpha=0.3)
+        drawn |= _verification_panel(ax, t2[t2[RUN] == run].sort_values(schema.EPS), run, marks, table, dataset,
+                                     width)
     axes[0].set_ylabel("accuracy (%)")
     for ax in axes[len(runs):]:
         ax.set_visible(False)
@@ -216,6 +195,43 @@ def verification_figure(t2: pd.DataFrame, comparison: pd.DataFrame, table: Paper
              f"none drawn: the paper's eps {paper_eps} is not among ours")
     top.suptitle(_wrapped(f"Table 2 analog: complete verification, ours (bars; examples per run: the table's n) "
                           f"beside {PAPER} ({where}; paper: {table.dataset}, {table.model})", fig), fontsize=9)
+    _cost_panels(bottom, tidy, runs, dataset)
+    return fig
+
+
+def _verification_panel(ax, rows: pd.DataFrame, run: str, marks: pd.DataFrame, table: PaperTable,
+                        dataset: str | None, width: float) -> set[str]:
+    """One run's panel of ``verification_figure``: its bars per eps (``rows``: its rows of Table 2), their values,
+    and the paper's marks at the paper's eps. Returns the kinds of mark drawn."""
+    drawn: set[str] = set()
+    x = np.arange(len(rows))
+    for k, (col, label, colour) in enumerate(T2_BARS):
+        values = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
+        pos = x - 0.4 + width * (k + 0.5)
+        ax.bar(pos, np.nan_to_num(values), width=width * 0.95, color=colour, label=label)
+        for p, v in zip(pos, values, strict=True):  # inside a tall bar, at its base (a mark sits higher)
+            inside = math.isfinite(v) and v >= 14
+            ax.text(p, 1.5 if inside else (v if math.isfinite(v) else 0) + 1.5,
+                    f"{v:.0f}" if math.isfinite(v) else "-", ha="center", va="bottom", fontsize=6.5,
+                    rotation=90, color="white" if inside else "k", zorder=6)
+        at = [i for i, e in enumerate(rows[schema.EPS]) if abs(float(e) - PAPER_EPS) < 1e-6]
+        for _, r in marks[(marks[RUN] == run) & (marks[schema.METRIC] == col)].iterrows():
+            for i in at:
+                _mark(ax, x[i] - 0.4 + width * (k + 0.5), r[schema.PAPER_VALUE], r["kind"], "v", 16)
+                drawn.add(r["kind"])
+    ax.set_xticks(x, [format_eps(e, dataset) for e in rows[schema.EPS]], fontsize=8)
+    ax.set_xlabel("L-inf eps", fontsize=8)
+    ax.set_ylim(0, 112)
+    paper_row = table.rows.get(run)
+    ax.set_title(textwrap.fill(run + (f" (paper: {paper_row})" if paper_row else ""), 34), fontsize=8,
+                 fontweight="bold" if paper_row else "normal")
+    ax.grid(axis="y", alpha=0.3)
+    return drawn
+
+
+def _cost_panels(bottom, tidy: pd.DataFrame, runs: list[str], dataset: str | None) -> None:
+    """The lower half of ``verification_figure``: verification seconds (log scale) and unstable ReLUs per example,
+    per run (in the panels' order) and eps, from the stacked per-example tables ``tidy``."""
     ax1, ax2 = bottom.subplots(1, 2)
     if len(tidy):
         tidy = tidy.assign(**{schema.EPS: [format_eps(e, dataset) for e in tidy[schema.EPS]]})
@@ -232,4 +248,3 @@ def verification_figure(t2: pd.DataFrame, comparison: pd.DataFrame, table: Paper
             label.set_horizontalalignment("right")
         ax.grid(alpha=0.3)
     bottom.suptitle("the cost: verification time and unstable ReLUs per example", fontsize=9)
-    return fig

@@ -78,57 +78,83 @@ def accuracy_figure(rows: Sequence[Mapping], paper_h: float, paper_s: float, ref
     panels = ((axes[0], "val_clean_acc", "clean_acc", "clean"),
               (axes[1], "val_pgd_acc", "pgd_linf_acc", f"PGD (L-inf {eps:.4g})"))
     for ax, key, ref_key, title in panels:
-        hs, ss, values, collapsed = _grid(grid, key)
-        top = max([100 * float(r[key]) for r in grid] + [_pct(r.get(ref_key)) or 0 for r in references] + [1])
-        im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1.2 * top, aspect="auto")
-        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="%")
-        for r in references:  # the reference runs' accuracies as marks on the colour scale
-            if _pct(r.get(ref_key)) is not None:
-                bar.ax.axhline(_pct(r.get(ref_key)), color="red", lw=1.5)
-                bar.ax.text(0.5, _pct(r.get(ref_key)), r["run"], color="red", fontsize=5.5, va="bottom", ha="center",
-                            rotation=90, transform=bar.ax.get_yaxis_transform(),
-                            bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 0.5})
-        for i in range(len(hs)):
-            for j in range(len(ss)):
-                if np.isnan(values[i, j]):
-                    continue
-                text = f"{values[i, j]:.1f}" + (f"\nC{int(collapsed[i, j])}" if not np.isnan(collapsed[i, j]) else "")
-                ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                        color="white" if values[i, j] < 0.6 * im.get_clim()[1] else "black")
-        for r in grid:
-            i, j = hs.index(r["gamma_h"]), ss.index(r["gamma_s"])
-            if math.isclose(r["gamma_h"], paper_h) and math.isclose(r["gamma_s"], paper_s):
-                ax.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, lw=2.5, ec="black"))
-            if r["cell"] == selected:
-                ax.add_patch(Rectangle((j - 0.4, i - 0.4), 0.8, 0.8, fill=False, lw=2, ec="lime", ls="--"))
-        ax.set_xticks(range(len(ss)), [f"{s:g}" for s in ss])
-        ax.set_yticks(range(len(hs)), [f"{h:g}" for h in hs])
-        ax.set_xlabel("gamma_S (start of ramp)")
-        ax.set_ylabel("gamma_H (start of ramp)")
+        _heatmap(fig, ax, grid, key, references, ref_key, paper_h, paper_s, selected)
         ax.set_title(f"validation {title} (%)" + (f"\nreference clean/PGD (test): {ref}" if ref else ""), fontsize=8)
     if others:
-        ax = axes[2]
-        labels = [r["reading"] for r in others]
-        x = np.arange(len(others))
-        ax.bar(x - 0.2, [100 * float(r["val_clean_acc"]) for r in others], 0.4, label="clean")
-        ax.bar(x + 0.2, [100 * float(r["val_pgd_acc"]) for r in others], 0.4, label="PGD")
-        for k, r in enumerate(others):
-            if r["collapsed_epoch"] is not None:
-                ax.annotate(f"C{r['collapsed_epoch']}", (k - 0.2, 100 * float(r["val_clean_acc"])), ha="center",
-                            va="bottom", fontsize=8)
-        ax.set_xticks(x, labels, rotation=20, fontsize=8)
-        ax.set_ylabel("validation accuracy (%)")
-        o = others[0]
-        ax.set_title(f"other readings of eq. 17 at gamma_H {o['gamma_h']:g}, gamma_S {o['gamma_s']:g}", fontsize=8)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3, axis="y")
+        _readings_panel(axes[2], others)
+    _caption(fig, paper_h, paper_s, ncols)
+    return fig
+
+
+def _heatmap(fig: Figure, ax, grid: Sequence[Mapping], key: str, references: Sequence[Mapping], ref_key: str,
+             paper_h: float, paper_s: float, selected: str | None) -> None:
+    """One panel of ``accuracy_figure``: the grid cells' ``key`` (%) with its colour scale, the point of factor 1
+    and the selected cell outlined."""
+    hs, ss, values, collapsed = _grid(grid, key)
+    top = max([100 * float(r[key]) for r in grid] + [_pct(r.get(ref_key)) or 0 for r in references] + [1])
+    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1.2 * top, aspect="auto")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="%")
+    _reference_marks(bar, references, ref_key)
+    _cell_labels(ax, values, collapsed, 0.6 * im.get_clim()[1])
+    for r in grid:
+        i, j = hs.index(r["gamma_h"]), ss.index(r["gamma_s"])
+        if math.isclose(r["gamma_h"], paper_h) and math.isclose(r["gamma_s"], paper_s):
+            ax.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, lw=2.5, ec="black"))
+        if r["cell"] == selected:
+            ax.add_patch(Rectangle((j - 0.4, i - 0.4), 0.8, 0.8, fill=False, lw=2, ec="lime", ls="--"))
+    ax.set_xticks(range(len(ss)), [f"{s:g}" for s in ss])
+    ax.set_yticks(range(len(hs)), [f"{h:g}" for h in hs])
+    ax.set_xlabel("gamma_S (start of ramp)")
+    ax.set_ylabel("gamma_H (start of ramp)")
+
+
+def _reference_marks(bar, references: Sequence[Mapping], ref_key: str) -> None:
+    """The reference runs' accuracies (``ref_key``, %) as red marks on the colour scale ``bar``."""
+    for r in references:
+        if _pct(r.get(ref_key)) is not None:
+            bar.ax.axhline(_pct(r.get(ref_key)), color="red", lw=1.5)
+            bar.ax.text(0.5, _pct(r.get(ref_key)), r["run"], color="red", fontsize=5.5, va="bottom", ha="center",
+                        rotation=90, transform=bar.ax.get_yaxis_transform(),
+                        bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 0.5})
+
+
+def _cell_labels(ax, values: np.ndarray, collapsed: np.ndarray, dark_below: float) -> None:
+    """Each cell's value and ``C<e>`` where it collapsed; white on cells darker than ``dark_below``."""
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isnan(values[i, j]):
+                continue
+            text = f"{values[i, j]:.1f}" + (f"\nC{int(collapsed[i, j])}" if not np.isnan(collapsed[i, j]) else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if values[i, j] < dark_below else "black")
+
+
+def _readings_panel(ax, others: Sequence[Mapping]) -> None:
+    """Clean and PGD validation accuracy (%) of the cells of other readings of eq. 17, as bars."""
+    labels = [r["reading"] for r in others]
+    x = np.arange(len(others))
+    ax.bar(x - 0.2, [100 * float(r["val_clean_acc"]) for r in others], 0.4, label="clean")
+    ax.bar(x + 0.2, [100 * float(r["val_pgd_acc"]) for r in others], 0.4, label="PGD")
+    for k, r in enumerate(others):
+        if r["collapsed_epoch"] is not None:
+            ax.annotate(f"C{r['collapsed_epoch']}", (k - 0.2, 100 * float(r["val_clean_acc"])), ha="center",
+                        va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, rotation=20, fontsize=8)
+    ax.set_ylabel("validation accuracy (%)")
+    o = others[0]
+    ax.set_title(f"other readings of eq. 17 at gamma_H {o['gamma_h']:g}, gamma_S {o['gamma_s']:g}", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def _caption(fig: Figure, paper_h: float, paper_s: float, ncols: int) -> None:
+    """``accuracy_figure``'s legend of marks, below its panels (the layout leaves room for it)."""
     caption = textwrap.fill(f"black box: the point of factor 1 (gamma_H {paper_h:g}, gamma_S {paper_s:g}: the paper's "
                             "in the cifar10-cpu and mnist-survey sweeps); green dashed: "
                             "the selected cell; C<e>: predictions constant from epoch e (stopped early); red marks on "
                             "the colour scales: reference runs (test examples)", width=55 * ncols)
     fig.text(0.01, 0.01, caption, fontsize=7)
     fig.tight_layout(rect=(0, 0.03 * (caption.count("\n") + 1) + 0.01, 1, 1))
-    return fig
 
 
 def diagnostics_figure(curves: Mapping[str, pd.DataFrame], collapsed: Mapping[str, int | None]) -> Figure:

@@ -35,7 +35,7 @@ from robustlib.data.datasets import augment_crop_flip, iterate_batches
 from robustlib.evaluation.accuracy import accuracy
 from robustlib.models import build_model
 from robustlib.pipeline.io import save_torch
-from robustlib.regularizers import Ramp, StepContext, build_objective
+from robustlib.regularizers import Objective, Ramp, StepContext, build_objective
 from robustlib.threat import ThreatModel
 from robustlib.training.diagnostics import (
     PROBE_SIZE,
@@ -167,80 +167,20 @@ def train(cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
     model = init_model(cfg, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    n = int(y_train.shape[0])
-    steps_per_epoch = -(-n // cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-
-    start_epoch, history, train_seconds = 0, [], 0.0
     resume_path = Path(resume_path) if resume_path else None
-    if resume_path is not None and resume_path.exists():
-        blob = torch.load(resume_path, map_location=device, weights_only=True)
-        if blob.get("key") == cfg.key():
-            model.load_state_dict(blob["model"])
-            optimizer.load_state_dict(blob["optimizer"])
-            start_epoch, history, train_seconds = int(blob["epoch"]), list(blob["history"]), float(blob["seconds"])
-            logger.info("resuming from %s after epoch %d", resume_path, start_epoch)
-        else:
-            logger.warning("ignoring %s: it belongs to a different configuration", resume_path)
-
+    start_epoch, history, train_seconds = _resume(cfg, model, optimizer, resume_path, device)
     x_probe, y_probe = x_val[:PROBE_SIZE].to(device), y_val[:PROBE_SIZE].to(device)
     if (cfg.records_diagnostics or cfg.stop_on_collapse) and not len(y_probe):
         logger.warning("no validation images: no probe diagnostics and no collapse detection")
     collapsed = _collapse_start(history, cfg.stop_on_collapse)  # a resumed run that had already collapsed
     for epoch in range(start_epoch, cfg.epochs if collapsed is None else start_epoch):
-        gen = epoch_generator(cfg.seed, epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        correct = seen = 0
         t0 = time.perf_counter()
-        batches = iterate_batches(n, cfg.batch_size, gen)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
-        for step, idx in enumerate(bar):
-            if step_hook is not None:
-                step_hook(epoch, step)
-            global_step = epoch * steps_per_epoch + step
-            frac = global_step / total_steps
-            lr = cfg.lr * piecewise_linear(cfg.lr_knots, frac)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            eps = eps_ramp(cfg.eps, frac) if eps_ramp else cfg.eps
-            x = x_train[idx]
-            if cfg.augment == "crop_flip":
-                x = augment_crop_flip(x, gen)
-            x, y = x.to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
-            ctx = StepContext(model, x, y, ThreatModel(cfg.norm, eps), frac, gen,
-                              eps_fraction=eps_ramp.fraction(frac) if eps_ramp else 1.0)
-            loss, parts = objective(ctx)
-            loss_value = float(loss.detach())
-            if not torch.isfinite(loss.detach()):
-                terms = {k: float(v) for k, v in parts.items()}
-                raise NonFiniteLossError(
-                    f"non-finite loss {loss_value} at epoch {epoch + 1}, step {step + 1} (global step "
-                    f"{global_step + 1}); terms: {terms}. No checkpoint was written from this step."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums["loss"] = sums.get("loss", 0.0) + loss_value * len(idx)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
-            if "clean" in ctx.logits:
-                correct += int((ctx.logits["clean"].detach().argmax(1) == y).sum())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
+        totals = _train_epoch(cfg, model, objective, optimizer, eps_ramp, x_train, y_train, epoch, device,
+                              step_hook, progress)
         seconds = time.perf_counter() - t0
         train_seconds += seconds
-        row = {"epoch": epoch + 1, "lr": lr, "eps": eps, "seconds": seconds}
-        row.update({f"train_{k}": v / seen for k, v in sums.items()})
-        if correct or "clean" in ctx.logits:
-            row["train_acc"] = correct / seen
-        row["val_acc"] = accuracy(model, x_val.to(device), y_val.to(device)) if len(y_val) else float("nan")
-        if len(y_probe) and cfg.records_diagnostics:
-            row.update(epoch_diagnostics(model, objective, x_probe, y_probe, eps, cfg.norm, frac,
-                                         eps_ramp.fraction(frac) if eps_ramp else 1.0, cfg.seed))
-        elif len(y_probe) and cfg.stop_on_collapse:
-            row["probe_classes"] = probe_classes(model, x_probe)
+        row = _epoch_row(cfg, model, objective, eps_ramp, epoch, totals, seconds, x_val, y_val, x_probe, y_probe,
+                         device)
         history.append(row)
         logger.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, {k: round(v, 4) for k, v in row.items()})
         if resume_path is not None:
@@ -254,6 +194,118 @@ def train(cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
             break
     model.eval()
     return TrainResult(model, history, train_seconds, start_epoch, collapsed)
+
+
+def _resume(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, resume_path: Path | None,
+            device: torch.device) -> tuple[int, list[dict[str, float]], float]:
+    """Load ``resume_path``'s checkpoint of this configuration into ``model`` and ``optimizer``; return the epochs
+    it completed, its history and training seconds (0, [], 0.0 without one)."""
+    if resume_path is None or not resume_path.exists():
+        return 0, [], 0.0
+    blob = torch.load(resume_path, map_location=device, weights_only=True)
+    if blob.get("key") != cfg.key():
+        logger.warning("ignoring %s: it belongs to a different configuration", resume_path)
+        return 0, [], 0.0
+    model.load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])
+    start_epoch, history, train_seconds = int(blob["epoch"]), list(blob["history"]), float(blob["seconds"])
+    logger.info("resuming from %s after epoch %d", resume_path, start_epoch)
+    return start_epoch, history, train_seconds
+
+
+@dataclass
+class _EpochTotals:
+    """One epoch's sums of the loss and its terms over its examples, its clean-correct and seen counts, and its
+    last step's learning rate, eps, fraction of training and whether that step had clean logits."""
+
+    sums: dict[str, float]
+    correct: int
+    seen: int
+    lr: float
+    eps: float
+    frac: float
+    clean_logits: bool
+
+
+def _train_epoch(cfg: TrainConfig, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+                 eps_ramp: EpsRamp | None, x_train: torch.Tensor, y_train: torch.Tensor, epoch: int,
+                 device: torch.device, step_hook: Callable[[int, int], None] | None, progress: bool) -> _EpochTotals:
+    """One epoch of SGD steps on shuffled batches, every random draw from the epoch's generator."""
+    gen = epoch_generator(cfg.seed, epoch)
+    model.train()
+    n = int(y_train.shape[0])
+    steps_per_epoch = -(-n // cfg.batch_size)
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    batches = iterate_batches(n, cfg.batch_size, gen)
+    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not progress, leave=False)
+    for step, idx in enumerate(bar):
+        if step_hook is not None:
+            step_hook(epoch, step)
+        global_step = epoch * steps_per_epoch + step
+        frac = global_step / (cfg.epochs * steps_per_epoch)
+        lr = cfg.lr * piecewise_linear(cfg.lr_knots, frac)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        eps = eps_ramp(cfg.eps, frac) if eps_ramp else cfg.eps
+        x, y = _batch(cfg, x_train, y_train, idx, gen, device)
+        ctx = StepContext(model, x, y, ThreatModel(cfg.norm, eps), frac, gen,
+                          eps_fraction=eps_ramp.fraction(frac) if eps_ramp else 1.0)
+        loss_value, parts = _descend(objective, optimizer, ctx, epoch, step, global_step)
+        sums["loss"] = sums.get("loss", 0.0) + loss_value * len(idx)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+        if "clean" in ctx.logits:
+            correct += int((ctx.logits["clean"].detach().argmax(1) == y).sum())
+        seen += len(idx)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+    return _EpochTotals(sums, correct, seen, lr, eps, frac, "clean" in ctx.logits)
+
+
+def _batch(cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.Tensor, gen: torch.Generator,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch ``idx`` (augmented as ``cfg`` says, drawing from ``gen``) on ``device``."""
+    x = x_train[idx]
+    if cfg.augment == "crop_flip":
+        x = augment_crop_flip(x, gen)
+    return x.to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
+
+
+def _descend(objective: Objective, optimizer: torch.optim.Optimizer, ctx: StepContext, epoch: int, step: int,
+             global_step: int) -> tuple[float, dict[str, torch.Tensor]]:
+    """One optimizer step on the objective's loss at ``ctx``; returns the loss and its terms. Raises
+    ``NonFiniteLossError`` (before any parameter changes) when the loss is not finite."""
+    loss, parts = objective(ctx)
+    loss_value = float(loss.detach())
+    if not torch.isfinite(loss.detach()):
+        terms = {k: float(v) for k, v in parts.items()}
+        raise NonFiniteLossError(
+            f"non-finite loss {loss_value} at epoch {epoch + 1}, step {step + 1} (global step "
+            f"{global_step + 1}); terms: {terms}. No checkpoint was written from this step."
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss_value, parts
+
+
+def _epoch_row(cfg: TrainConfig, model: nn.Module, objective: Objective, eps_ramp: EpsRamp | None, epoch: int,
+               totals: _EpochTotals, seconds: float, x_val: torch.Tensor, y_val: torch.Tensor,
+               x_probe: torch.Tensor, y_probe: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """The history row of one epoch: schedule values, training means, validation accuracy and, as ``cfg`` asks,
+    the probe batch's diagnostics or predicted classes."""
+    row = {"epoch": epoch + 1, "lr": totals.lr, "eps": totals.eps, "seconds": seconds}
+    row.update({f"train_{k}": v / totals.seen for k, v in totals.sums.items()})
+    if totals.correct or totals.clean_logits:
+        row["train_acc"] = totals.correct / totals.seen
+    row["val_acc"] = accuracy(model, x_val.to(device), y_val.to(device)) if len(y_val) else float("nan")
+    if len(y_probe) and cfg.records_diagnostics:
+        row.update(epoch_diagnostics(model, objective, x_probe, y_probe, totals.eps, cfg.norm, totals.frac,
+                                     eps_ramp.fraction(totals.frac) if eps_ramp else 1.0, cfg.seed))
+    elif len(y_probe) and cfg.stop_on_collapse:
+        row["probe_classes"] = probe_classes(model, x_probe)
+    return row
 
 
 def _collapse_start(history: list[dict[str, float]], patience: int) -> int | None:

@@ -15,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 
-from robustlib.data.datasets import load_split, make_split
+from robustlib.data.datasets import ImageData, Split, load_split, make_split
 from robustlib.evaluation.accuracy import accuracy
 from robustlib.pipeline.io import save_model, write_json
 from robustlib.training.loop import NonFiniteLossError, TrainConfig, TrainResult, init_model, train
@@ -51,13 +52,7 @@ def fit(name: str, cfg: TrainConfig, data: dict[str, Any], seed: int, data_root:
     recorded too -- its initial weights, an empty history, ``trained: false`` -- instead of raising (a sweep cell:
     a result of the sweep); the metrics of every run then carry ``trained``.
     """
-    t0 = time.perf_counter()
-    train_set = load_split(data["dataset"], train=True, root=data_root)
-    test_set = load_split(data["dataset"], train=False, root=data_root)
-    split = make_split(data["dataset"], len(train_set), len(test_set), data.get("n_train"), int(data["n_val"]),
-                       data.get("n_test"), seed, source=train_set.source)
-    logger.info("loaded %s (%s) in %.1fs: %d train / %d val / %d test", data["dataset"], train_set.source,
-                time.perf_counter() - t0, len(split.train), len(split.val), len(split.test))
+    train_set, test_set, split = _load_data(data, seed, data_root)
     try:
         result, diverged = train_or_last_finite(cfg, train_set.images(split.train), train_set.labels(split.train),
                                                 train_set.images(split.val), train_set.labels(split.val),
@@ -71,12 +66,7 @@ def fit(name: str, cfg: TrainConfig, data: dict[str, Any], seed: int, data_root:
     x_test, y_test = test_set.images(split.test), test_set.labels(split.test)
     test_acc = accuracy(model, x_test.to(device), y_test.to(device))
 
-    save_model(model.cpu(), files.model, extra={"run": name, "config": cfg.record()})
-    split.save(files.split)
-    history = pd.DataFrame(result.history, columns=None if result.history else ["epoch"])
-    files.curve.parent.mkdir(parents=True, exist_ok=True)
-    history.to_csv(files.curve, index=False, float_format="%.6g")
-    log_dvclive(history, files.dvclive)
+    _save_run(name, cfg, model, split, result.history, files)
     last = result.history[-1] if result.history else {"val_acc": None, "train_loss": None}
     metrics = {
         "run": name,
@@ -100,6 +90,29 @@ def fit(name: str, cfg: TrainConfig, data: dict[str, Any], seed: int, data_root:
     write_json(metrics, files.metrics)
     files.resume.unlink(missing_ok=True)
     return metrics
+
+
+def _load_data(data: dict[str, Any], seed: int, data_root: Path) -> tuple[ImageData, ImageData, Split]:
+    """The train and test sets of ``data`` (the params' data section) and their split for ``seed``."""
+    t0 = time.perf_counter()
+    train_set = load_split(data["dataset"], train=True, root=data_root)
+    test_set = load_split(data["dataset"], train=False, root=data_root)
+    split = make_split(data["dataset"], len(train_set), len(test_set), data.get("n_train"), int(data["n_val"]),
+                       data.get("n_test"), seed, source=train_set.source)
+    logger.info("loaded %s (%s) in %.1fs: %d train / %d val / %d test", data["dataset"], train_set.source,
+                time.perf_counter() - t0, len(split.train), len(split.val), len(split.test))
+    return train_set, test_set, split
+
+
+def _save_run(name: str, cfg: TrainConfig, model: nn.Module, split: Split, history: list[dict[str, float]],
+              files: RunFiles) -> None:
+    """Write run ``name``'s model (moved to the CPU), split, learning curve and dvclive log to ``files``."""
+    save_model(model.cpu(), files.model, extra={"run": name, "config": cfg.record()})
+    split.save(files.split)
+    curve = pd.DataFrame(history, columns=None if history else ["epoch"])
+    files.curve.parent.mkdir(parents=True, exist_ok=True)
+    curve.to_csv(files.curve, index=False, float_format="%.6g")
+    log_dvclive(curve, files.dvclive)
 
 
 def _rounded(v: float | None) -> float | None:
