@@ -318,3 +318,26 @@ def test_benchmark_results_stay_out_of_the_report_dependency(root):
         assert res.returncode == 0, f"benchmarks/results/{name} is not in .dvcignore: {res.stdout}{res.stderr}"
     res = subprocess.run([DVC, "check-ignore", "benchmarks/results/objectives.json"], cwd=root, capture_output=True)
     assert res.returncode == 1  # the report's own input stays tracked
+
+
+def test_outputs_that_differ_in_wall_clock_only_are_explained(tmp_path):
+    """The comparison with `dvc repro`'s outputs strips timing keys, also per eps (summary/verify), and counts a
+    verify summary that differs in MILP verdicts as derived from a time-limited verify table, nothing else."""
+    from robustlib.scaleout.workspace import compare_outputs
+
+    def write(ws: Path, summary: dict, table: str) -> None:
+        (ws / "reports/p/summary/verify").mkdir(parents=True)
+        (ws / "reports/p/verify").mkdir(parents=True)
+        (ws / "reports/p/summary/verify/r.json").write_text(json.dumps(summary))
+        (ws / "reports/p/verify/r.csv").write_text(table)
+
+    head = "index,eps,verdict,method,reason,seconds,margin,tol,unstable,stable,pgd_robust,aa_robust,detail\n"
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a, {"verified@0.1": 0.5, "median_seconds@0.1": 0.01, "minutes": 1.0},
+          head + "1,0.1,verified,milp,,0.5,1.0,0.001,3,4,True,True,\n")
+    write(b, {"verified@0.1": 0.5, "median_seconds@0.1": 0.02, "minutes": 2.0},
+          head + "1,0.1,verified,milp,,0.7,1.0,0.001,3,4,True,True,\n")
+    out = compare_outputs(a, b, "p")
+    assert out["unexplained"] == [] and "reports/p/summary/verify/r.json" in out["equal_without_wall_clock"]
+    (b / "reports/p/summary/verify/r.json").write_text(json.dumps({"verified@0.1": 0.4, "median_seconds@0.1": 0.02}))
+    assert compare_outputs(a, b, "p")["unexplained"] == ["reports/p/summary/verify/r.json"]  # no time limit hit

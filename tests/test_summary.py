@@ -51,7 +51,8 @@ def test_attack_summary_holds_every_accuracy_and_autoattacks_checks(root):
 def test_verify_summary_writes_eps_as_the_paper_does(root):
     s = S.summary("verify", next(m for m in _metrics(root, "cifar10-cpu", "verify") if m["run"] == "rs_loss"),
                   "cifar10")
-    assert {"verified@8/255", "pgd@8/255", "aa@8/255", "unknown@8/255", "median_s@8/255", "verified@2/255"} <= set(s)
+    assert {"verified@8/255", "pgd@8/255", "aa@8/255", "unknown@8/255", "median_seconds@8/255",
+            "verified@2/255"} <= set(s)
     s = S.summary("verify", _metrics(root, "default", "verify")[0], "mnist")
     assert any(k.endswith("@0.1") for k in s)
 

@@ -52,7 +52,7 @@ AA_FLAGS = {"square_stronger": "square_stronger", "escape_hits": "blind_escape_h
 """AutoAttack's checks per threat model (``robustlib.attacks.autoattack``; Table 1's AA_* columns): summary
 name -> the attack metrics' key under ``autoattack.<norm>``."""
 VERIFY_FIELDS = {"verified": "verified_fraction", "pgd": "pgd_acc", "aa": "aa_acc", "ibp": "ibp_certified_acc",
-                 "unknown": "unknown", "median_s": "median_seconds"}
+                 "unknown": "unknown", "median_seconds": "median_seconds"}
 """Per eps: summary name -> the verify metrics' key under ``eps.<eps>`` (those present)."""
 
 

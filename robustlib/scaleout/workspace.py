@@ -73,13 +73,18 @@ TIMING_KEYS = {"minutes", "seconds", "train_minutes", "verify_minutes", "aa_seco
 # that print minutes, figures of those): compared by presence only
 PRESENTATION = (".ipynb", ".md", ".png")
 # what a MILP's time limit decides (its verdict, and what is counted from the verdicts)
-MILP_DERIVED = ("/metrics/verify/", "/tables/table2_verification.csv")
+MILP_DERIVED = ("/metrics/verify/", "/summary/verify/", "/tables/table2_verification.csv")
+
+
+def _is_timing(key: str) -> bool:
+    """A JSON key that holds a wall-clock time, also per eps (the summaries' ``median_seconds@8/255``)."""
+    base = key.split("@")[0]
+    return base in TIMING_KEYS or base.endswith(("_seconds", "_minutes"))
 
 
 def _strip_timing(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS and not k.endswith("_seconds")
-                and not k.endswith("_minutes")}
+        return {k: _strip_timing(v) for k, v in obj.items() if not _is_timing(k)}
     if isinstance(obj, list):
         return [_strip_timing(v) for v in obj]
     return obj

@@ -63,6 +63,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
     attack_table = schema.load_results(paths.attack_results_path(env.out, run)).set_index(schema.INDEX)
     solver, atol, rtol = str(vp["solver"]), float(vp["margin_atol"]), float(vp["margin_rtol"])
     f32 = bool(vp["margin_float32"])
+    l2_eps = float(ap["l2_eps"])  # declared for every run (dvc.yaml): the Lipschitz certificate of spectral-norm runs
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     metrics: dict[str, Any] = {"run": run, "n": len(idx), "clean_acc": float(clean.float().mean()), "eps": {},
@@ -80,7 +81,7 @@ def run(run: str, params_file: str = "params.yaml", output_root: str = ".") -> d
                                      shard_root / f"eps_{eps:g}")
         metrics["eps"][str(eps)] = entry
     if model.arch.get("spectral_norm"):  # the checkpoint's architecture record (robustlib.models.build_model)
-        metrics["lipschitz_l2"] = _lipschitz_record(model, x, y, clean, float(ap["l2_eps"]))
+        metrics["lipschitz_l2"] = _lipschitz_record(model, x, y, clean, l2_eps)
     table = pd.DataFrame(rows, columns=schema.VERIFY_COLUMNS)
     schema.save_verify_results(table, paths.verify_results_path(env.out, run))
     metrics["minutes"] = round((time.perf_counter() - t0) / 60, 3)
