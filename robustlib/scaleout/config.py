@@ -71,17 +71,11 @@ def resolve(raw: Mapping[str, Any], profile: str, known_profiles: set[str] | Non
             raise ScaleoutConfigError(f"{CONFIG_FILE}: {name!r} is no profile; profiles: {sorted(known_profiles)}")
         if not isinstance(entry, Mapping):
             raise ScaleoutConfigError(f"{CONFIG_FILE}: {name} must be a mapping, got {entry!r}")
-        bad = sorted(set(entry) - KEYS)
-        if bad:
-            raise ScaleoutConfigError(f"{CONFIG_FILE}: unknown key(s) {[f'{name}.{b}' for b in bad]}; "
-                                      f"known: {sorted(KEYS)}")
+        _refuse_unknown(entry, KEYS, name)
         slurm = entry.get("slurm") or {}
         if not isinstance(slurm, Mapping):
             raise ScaleoutConfigError(f"{CONFIG_FILE}: {name}.slurm must be a mapping, got {slurm!r}")
-        bad = sorted(set(slurm) - SLURM_KEYS)
-        if bad:
-            raise ScaleoutConfigError(f"{CONFIG_FILE}: unknown key(s) {[f'{name}.slurm.{b}' for b in bad]}; "
-                                      f"known: {sorted(SLURM_KEYS)}")
+        _refuse_unknown(slurm, SLURM_KEYS, f"{name}.slurm")
     s = _merge(raw["default"], raw.get(profile) or {})
     missing = sorted(KEYS - {"slurm"} - set(s))
     if missing:
@@ -117,3 +111,11 @@ def load(root: str | Path, profile: str) -> ScaleoutConfig:
         raise FileNotFoundError(f"{path} does not exist: the parallel runner's settings live there")
     known = {p.stem for p in (root / "profiles").glob("*.yaml")}
     return resolve(yaml.safe_load(path.read_text()) or {}, profile, known)
+
+
+def _refuse_unknown(entry: Mapping, known: set[str], where: str) -> None:
+    """Raise ``ScaleoutConfigError`` naming each key of ``entry`` (at ``where`` in the file) not in ``known``."""
+    bad = sorted(set(entry) - known)
+    if bad:
+        raise ScaleoutConfigError(f"{CONFIG_FILE}: unknown key(s) {[f'{where}.{b}' for b in bad]}; "
+                                  f"known: {sorted(known)}")
