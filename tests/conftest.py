@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,39 +29,70 @@ def root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_reference(tmp_path_factory) -> Path:
-    """A folder for the smoke profile's sequential `dvc repro` results (``reports/smoke/`` and ``dvc.lock``):
-    ``smoke_runs`` fills it; tests that run parts of the smoke profile elsewhere compare with it where it is
-    filled (tests/test_scaleout_slurm.py)."""
-    return tmp_path_factory.mktemp("smoke_reference")
+def smoke_reference(smoke_runs) -> Path:
+    """The smoke profile's sequential `dvc repro` results (``reports/smoke/`` and ``dvc.lock``), for tests that
+    run parts of the smoke profile elsewhere and compare (tests/test_scaleout_slurm.py)."""
+    return smoke_runs.seq
 
 
 @dataclass
 class SmokeRuns:
     """The smoke profile run end to end: ``seq`` by `dvc repro` (each stage's params reads logged to
-    ``reads_log``), ``par`` by the two-worker scale-out runner (its summary in ``summary``), or None where no
-    selected test needs it."""
+    ``reads_log``), ``par`` by the two-worker scale-out runner on ``PAR_TARGETS`` (its summary in ``summary``), or
+    None where no selected test needs it. ``procs``: the running commands (command, workspace, log, process)."""
 
     seq: Path
     par: Path | None
     reads_log: Path
     summary: Path
+    procs: list = field(default_factory=list)
+
+    def wait(self) -> "SmokeRuns":
+        for cmd, _, log, proc in self.procs:
+            code = proc.wait()
+            assert code == 0, f"{' '.join(cmd)} failed ({code}):\n{log.read_text()[-6000:]}"
+        return self
 
 
 OTHER_REPORT = ("reports/other/report.md", "another profile's committed report\n")
 """A file of another profile's results, in the `dvc repro` workspace: it must survive the smoke run."""
 
+PAR_TARGETS = ("verify@hamming_stability",)
+"""What the two-worker scale-out test reproduces: a MILP run's chain (its training and the LPIPS network side by
+side, one per worker; the attack; the verify stage with its shards as tasks of their own). The whole profile on 1
+and 2 workers is benchmarks/bench_scaleout.py's (it compares the outputs and dvc.lock the same way)."""
 
-@pytest.fixture(scope="session")
-def smoke_runs(request, tmp_path_factory, smoke_reference) -> SmokeRuns:
-    """The smoke profile through `dvc repro` and, where tests/test_scaleout_smoke.py is selected, through
-    ``python -m robustlib.scaleout -j 2`` in a second workspace at the same time (a stage spends most of its
-    seconds starting papermill, a kernel and torch on one core, so the two runs share this 2-core machine
-    better than they would run one after the other). Both workspaces are fresh git copies of the tracked files
-    without results."""
+SMOKE_USERS = ("smoke_runs", "smoke_reference")
+_SMOKE = pytest.StashKey[SmokeRuns]()
+
+
+def _needs_smoke(item) -> int:
+    """1 for a test that needs the smoke pipeline (it waits for it), else 0."""
+    return int(any(f in getattr(item, "fixturenames", ()) for f in SMOKE_USERS))
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that need the smoke pipeline run last: it starts in the background once collection is done
+    (``pytest_collection_finish``), and the other tests run meanwhile."""
+    items.sort(key=_needs_smoke)  # stable: the order within each group is kept
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly or not any(map(_needs_smoke, session.items)):
+        return
+    with_par = any(item.path.name == "test_scaleout_smoke.py" for item in session.items)
+    runs = _start_smoke(session.config._tmp_path_factory.mktemp("smoke"), with_par)  # tmp_path_factory's object
+    session.config.stash[_SMOKE] = runs
+    session.config.add_cleanup(lambda: [p.kill() for *_, p in runs.procs if p.poll() is None])
+
+
+def _start_smoke(base: Path, with_par: bool) -> SmokeRuns:
+    """Start the smoke profile's `dvc repro` and, with ``with_par``, ``python -m robustlib.scaleout -j 2`` on
+    ``PAR_TARGETS`` in a second workspace, both fresh git copies of the tracked files without results. Each
+    stage runs torch on 2 threads (``base.threads``); this process's own tests drop to one thread meanwhile."""
     from robustlib.scaleout.workspace import copy_workspace, tool_env
 
-    base = tmp_path_factory.mktemp("smoke")
     other = base / "seq" / OTHER_REPORT[0]
     other.parent.mkdir(parents=True)
     other.write_text(OTHER_REPORT[1])  # committed with the copy, as another profile's results are
@@ -71,18 +102,25 @@ def smoke_runs(request, tmp_path_factory, smoke_reference) -> SmokeRuns:
                    capture_output=True)
     commands = [([str(Path(sys.executable).with_name("dvc")), "repro"], seq,
                  tool_env(ROBUSTLIB_PARAMS_LOG=str(runs.reads_log)))]
-    if any(item.path.name == "test_scaleout_smoke.py" for item in request.session.items):
+    if with_par:
         runs.par = copy_workspace(ROOT, base / "par", "smoke")
-        commands.append(([sys.executable, "-m", "robustlib.scaleout", "-j", "2", "--summary", str(runs.summary)],
-                         runs.par, tool_env()))
-    logs = [base / f"run{i}.log" for i in range(len(commands))]
-    procs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-             for (cmd, cwd, env), log in zip(commands, logs, strict=True)]
-    codes = [p.wait() for p in procs]
-    for (cmd, _, _), code, log in zip(commands, codes, logs, strict=True):
-        assert code == 0, f"{' '.join(cmd)} failed ({code}):\n{log.read_text()[-6000:]}"
-    shutil.copytree(seq / "reports" / "smoke", smoke_reference / "reports" / "smoke")
-    shutil.copy2(seq / "dvc.lock", smoke_reference / "dvc.lock")
+        commands.append(([sys.executable, "-m", "robustlib.scaleout", "-j", "2", "--summary", str(runs.summary),
+                          *PAR_TARGETS], runs.par, tool_env()))
+    for i, (cmd, cwd, env) in enumerate(commands):
+        log = base / f"run{i}.log"
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        runs.procs.append((cmd, cwd, log, proc))
+    torch.set_num_threads(1)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(request) -> SmokeRuns:
+    """The smoke pipeline started at the end of collection (``pytest_collection_finish``), once finished."""
+    runs = request.config.stash.get(_SMOKE, None)
+    assert runs is not None, "the smoke pipeline was not started: is the test collected with smoke_runs?"
+    runs.wait()
+    torch.set_num_threads(int(os.environ.get("ROBUSTLIB_TEST_THREADS", "2")))
     return runs
 
 

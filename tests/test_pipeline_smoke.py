@@ -36,12 +36,12 @@ def test_smoke_profile_dvc_repro(tmp_path, smoke_runs):
               "tables/benchmark_objectives.md", "figures/learning_curves.png",
               "figures/robustness_curves.png", "figures/verification.png",
               "figures/ablation_sweep.png", "figures/neighbour_distances.png",
-              "report.md", "attack/hamming_stability.csv", "verify/rs_loss.csv",
+              "report.md", "attack/hamming_stability.csv", "verify/hamming_stability.csv",
               "metrics/train/hamming_stability_then_pgd.json",
               "figures/gallery.png", "tables/gallery.csv", "figures/table1_attacks.png",
               "figures/table3_ablations.png", "figures/table4_laplacian.png",
               "summary/train/hamming_stability_then_pgd.json", "summary/attack/hamming_stability.json",
-              "summary/verify/rs_loss.json"):
+              "summary/verify/hamming_stability.json"):
         assert (out / f).stat().st_size > 0, f
     prov = json.loads((out / "provenance.json").read_text())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()

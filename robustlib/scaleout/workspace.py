@@ -162,11 +162,14 @@ def lock_stages(ws: Path) -> dict[str, Any]:
     return yaml.safe_load((Path(ws) / "dvc.lock").read_text())["stages"]
 
 
-def compare_locks(a: Path, b: Path, differ: list[str]) -> list[str]:
+def compare_locks(a: Path, b: Path, differ: list[str], stages: list[str] | None = None) -> list[str]:
     """Differences between two workspaces' dvc.lock that the differing output files (``differ``, from
     ``compare_outputs``) do not explain: stage names and order, commands, params, dependency and output
-    paths must be equal, and so must every hash of a path that no differing file lies under."""
+    paths must be equal, and so must every hash of a path that no differing file lies under. ``stages``:
+    compare these stages only (a run of some targets against a run of the whole pipeline)."""
     la, lb = lock_stages(a), lock_stages(b)
+    if stages is not None:
+        la, lb = ({k: v for k, v in lock.items() if k in stages} for lock in (la, lb))
     problems = []
     if list(la) != list(lb):
         problems.append(f"stages or their order differ: {list(la)} vs {list(lb)}")
