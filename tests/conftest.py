@@ -58,9 +58,10 @@ OTHER_REPORT = ("reports/other/report.md", "another profile's committed report\n
 """A file of another profile's results, in the `dvc repro` workspace: it must survive the smoke run."""
 
 PAR_TARGETS = ("verify@hamming_stability",)
-"""What the two-worker scale-out test reproduces: a MILP run's chain (its training and the LPIPS network side by
-side, one per worker; the attack; the verify stage with its shards as tasks of their own). The whole profile on 1
-and 2 workers is benchmarks/bench_scaleout.py's (it compares the outputs and dvc.lock the same way)."""
+"""What the two-worker scale-out test reproduces: a MILP run's chain (its training, the standard run's (the
+attack's transfer source) and the LPIPS network, side by side; the attack; the verify stage with its shards as
+tasks of their own). The whole profile on 1 and 2 workers is benchmarks/bench_scaleout.py's (it compares the
+outputs and dvc.lock the same way)."""
 
 SMOKE_USERS = ("smoke_runs", "smoke_reference")
 _SMOKE = pytest.StashKey[SmokeRuns]()

@@ -341,3 +341,25 @@ def test_outputs_that_differ_in_wall_clock_only_are_explained(tmp_path):
     assert out["unexplained"] == [] and "reports/p/summary/verify/r.json" in out["equal_without_wall_clock"]
     (b / "reports/p/summary/verify/r.json").write_text(json.dumps({"verified@0.1": 0.4, "median_seconds@0.1": 0.02}))
     assert compare_outputs(a, b, "p")["unexplained"] == ["reports/p/summary/verify/r.json"]  # no time limit hit
+
+
+def test_lock_comparison_of_some_targets_ignores_their_order_not_their_hashes(tmp_path):
+    """A run of some targets records them in the targets' `dvc repro` order: compared with a whole pipeline's
+    lock, only those stages count, in any order; a hash that differs still counts."""
+    from robustlib.scaleout.workspace import compare_locks
+
+    def lock(ws: Path, stages: dict) -> Path:
+        ws.mkdir()
+        (ws / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False))
+        return ws
+
+    def entry(md5: str) -> dict:
+        return {"cmd": "c", "outs": [{"path": "o", "md5": md5, "size": 1}]}
+
+    whole = lock(tmp_path / "a", {"x": entry("1"), "y": entry("2"), "z": entry("3")})
+    part = lock(tmp_path / "b", {"z": entry("3"), "x": entry("1")})
+    assert compare_locks(whole, part, []) != []  # the whole pipeline against a part: stages differ
+    assert compare_locks(whole, part, [], stages=["x", "z"]) == []
+    part_changed = lock(tmp_path / "c", {"z": entry("4"), "x": entry("1")})
+    assert compare_locks(whole, part_changed, [], stages=["x", "z"]) == ["z: outs o differs in hash though its files "
+                                                                         "are identical"]

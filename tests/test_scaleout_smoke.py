@@ -1,5 +1,5 @@
-"""The smoke profile's MILP chain (``conftest.PAR_TARGETS``: a training and the LPIPS network side by side, the
-attack, the verify stage with its shards) on two local Dask workers (robustlib.scaleout) against the sequential
+"""The smoke profile's MILP chain (``conftest.PAR_TARGETS``: two trainings and the LPIPS network side by side,
+the attack, the verify stage with its shards) on two local Dask workers (robustlib.scaleout) against the sequential
 `dvc repro` of the whole profile: every stage of the chain runs, both workers take stages, verify shards run as
 tasks of their own, `dvc status` of the target is clean afterwards, every output is byte-identical or differs
 only where a wall clock decides (``robustlib.scaleout.workspace.compare_outputs``: timings in metrics, tables and
@@ -33,7 +33,8 @@ def test_smoke_chain_on_two_workers_matches_dvc_repro(smoke_runs, smoke_referenc
     ref, ws, summary = smoke_reference, smoke_runs.par, smoke_runs.summary
     s = json.loads(summary.read_text())
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
-    chain = {"train@hamming_stability", "lpips", "attack@hamming_stability", "verify@hamming_stability"}
+    chain = {"train@hamming_stability", "train@standard", "lpips", "attack@hamming_stability",  # the attack's
+             "verify@hamming_stability"}  # transfer source is the standard run
     assert set(lock) == {r["stage"] for r in s["results"]} == chain, (sorted(lock), s["results"])
     assert s["workers"] == 2 and len({r["worker"] for r in s["results"]}) == 2
     assert {r["status"] for r in s["results"]} == {"ran"}
@@ -48,6 +49,6 @@ def test_smoke_chain_on_two_workers_matches_dvc_repro(smoke_runs, smoke_referenc
     assert cmp["only_b"] == [] and len(cmp["only_a"]) > 0 and cmp["files"] - len(cmp["only_a"]) > 20, cmp
     assert cmp["unexplained"] == [], cmp  # byte-identical, or equal but for wall-clock fields or MILP time limits
     models = [str(f.relative_to(ws)) for f in ws.joinpath("reports/smoke/runs").rglob("model.pt")]
-    assert len(models) == 2  # the run and the LPIPS network: equal weights, both
+    assert len(models) == 3  # the two runs and the LPIPS network: equal weights, each
     assert not set(models) & set(cmp["differ"])
     assert compare_locks(ref, ws, cmp["differ"], stages=list(lock)) == []
