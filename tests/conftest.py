@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -18,9 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("ROBUSTLIB_COMPILE", "0")
 
 
+def _test_threads(config) -> int:
+    """Torch threads of this process's tests: ROBUSTLIB_TEST_THREADS if set, else 1 while the smoke pipeline runs
+    in the background (its stages take 2; more threads than the 2 cores make every one of them wait), else 2."""
+    default = "1" if config.stash.get(_SMOKE, None) is not None else "2"
+    return int(os.environ.get("ROBUSTLIB_TEST_THREADS", default))
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _torch_threads():
-    torch.set_num_threads(int(os.environ.get("ROBUSTLIB_TEST_THREADS", "2")))
+def _torch_threads(request):
+    torch.set_num_threads(_test_threads(request.config))
 
 
 @pytest.fixture
@@ -85,13 +93,14 @@ def pytest_collection_finish(session):
     with_par = any(item.path.name == "test_scaleout_smoke.py" for item in session.items)
     runs = _start_smoke(session.config._tmp_path_factory.mktemp("smoke"), with_par)  # tmp_path_factory's object
     session.config.stash[_SMOKE] = runs
-    session.config.add_cleanup(lambda: [p.kill() for *_, p in runs.procs if p.poll() is None])
+    session.config.add_cleanup(lambda: _stop(runs))
 
 
 def _start_smoke(base: Path, with_par: bool) -> SmokeRuns:
     """Start the smoke profile's `dvc repro` and, with ``with_par``, ``python -m robustlib.scaleout -j 2`` on
     ``PAR_TARGETS`` in a second workspace, both fresh git copies of the tracked files without results. Each
-    stage runs torch on 2 threads (``base.threads``); this process's own tests drop to one thread meanwhile."""
+    stage runs torch on 2 threads (``base.threads``); this process's own tests take one meanwhile
+    (``_test_threads``)."""
     from robustlib.scaleout.workspace import copy_workspace, tool_env
 
     other = base / "seq" / OTHER_REPORT[0]
@@ -109,10 +118,19 @@ def _start_smoke(base: Path, with_par: bool) -> SmokeRuns:
                           *PAR_TARGETS], runs.par, tool_env()))
     for i, (cmd, cwd, env) in enumerate(commands):
         log = base / f"run{i}.log"
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group: _stop ends its stages too
         runs.procs.append((cmd, cwd, log, proc))
-    torch.set_num_threads(1)
     return runs
+
+
+def _stop(runs: SmokeRuns) -> None:
+    """At the end of the session: stop what is still running (an interrupted or failed session), with the
+    stages (papermill, kernels) it started."""
+    for *_, proc in runs.procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -121,7 +139,6 @@ def smoke_runs(request) -> SmokeRuns:
     runs = request.config.stash.get(_SMOKE, None)
     assert runs is not None, "the smoke pipeline was not started: is the test collected with smoke_runs?"
     runs.wait()
-    torch.set_num_threads(int(os.environ.get("ROBUSTLIB_TEST_THREADS", "2")))
     return runs
 
 
