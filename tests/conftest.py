@@ -17,6 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # tests use the eager path (no compile time per test process) except the test that checks the compiled
 # one against it (test_regularizers.py::test_compiled_hamming_matches_the_eager_paths).
 os.environ.setdefault("ROBUSTLIB_COMPILE", "0")
+# The smoke pipeline runs in the background beside the other tests (pytest_collection_finish): more threads than
+# the 2 cores. OpenMP threads that spin while they wait for a descheduled partner then slow every process several
+# times over; passive waiting (they sleep instead) changes no result, only who waits how. Subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _test_threads(config) -> int:
