@@ -3,6 +3,7 @@
 (`python -m robustlib.data.install`), restore checkpoints. A stale dependency hash (moved code, a data folder
 hashed with files no stage reads) fails here instead of making a newcomer's next `dvc repro` retrain for hours."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -69,7 +70,7 @@ def _downstream(clone: Path, stages: set[str]) -> set[str]:
     import networkx as nx
     from dvc.repo import Repo
 
-    with Repo(str(clone)) as repo:
+    with contextlib.chdir(clone), Repo(str(clone)) as repo:  # DVC reads params.yaml from the working directory
         graph = repo.index.graph  # edges: stage -> the stages it depends on
         by_name = {s.addressing: s for s in graph.nodes}
         return {a.addressing for s in stages if s in by_name for a in nx.ancestors(graph, by_name[s])}
