@@ -52,10 +52,14 @@ def test_cifar_sweep_expands_to_the_grid_with_only_the_weights_changed(root):
     params = _load(root, "cifar10-cpu")
     cells = params["sweep_cells"]
     want = {(gh, gs) for gh in (9000.0, 900.0, 90.0, 9.0) for gs in (0.4, 0.04, 0.004)}
-    assert len(cells) == 12 and list(cells)[0] == "verify_h9000_s0p4" and "verify_h9_s0p004" in cells
+    spec = params["sweeps"]["verify"]
+    n_readings = len(spec["readings"]) if spec.get("readings_at") else 0  # reading cells once the grid is selected
+    assert len(cells) == 12 + n_readings and list(cells)[0] == "verify_h9000_s0p4" and "verify_h9_s0p004" in cells
     base = P.run_config(params, "hamming_stability_verify")
     got = set()
-    for name, cell in cells.items():
+    grid = {n: c for n, c in cells.items() if c["reading"] == S.DEFAULT_READING}
+    assert len(grid) == 12 and all(n.startswith("verify_h9_s0p04_") for n in set(cells) - set(grid))
+    for name, cell in grid.items():
         cfg = P.cell_config(params, name)
         h, s = cfg.objective["hamming"], cfg.objective["stability"]
         got.add((h["weight"], s["weight"]))
