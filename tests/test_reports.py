@@ -67,6 +67,8 @@ def test_per_example_outcomes_are_the_columns_the_report_averages(tmp_path):
     assert get("spatial") == {5: False, 2: True, 9: False}
     assert get("verified") == {5: True, 2: False} and get("verified", 0.3) == {5: False, 2: True}
     assert get("verified", 8 / 255) is None and get("train_minutes") is None and get("NPTM") is None
+    assert get("verified", 0.1 + 4e-8) == get("verified")  # the stage writes eps to 7 decimals (8/255: 0.0313725)
+    assert get("verified", 0.1 + 2e-6) is None
     assert per_example_outcomes(tmp_path, "missing", "pgd_linf_%", 0.1) is None
     for metric in ("pgd_linf_%", "l2_AA", "spatial"):  # the mean is the report's number
         assert per_example_outcomes(tmp_path, "r", metric, 0.1).mean() == attack[

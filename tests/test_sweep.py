@@ -274,6 +274,43 @@ def test_figures_and_table_on_synthetic_sweeps(tmp_path):
     save_figure(accuracy_figure(grid_only, 9000.0, 0.4, [], None, 0.3), tmp_path / "diagonal.png")
 
 
+def _curve(grads: dict[str, list[float]], dead_last: list[float]) -> pd.DataFrame:
+    n = len(dead_last)
+    return pd.DataFrame({"epoch": list(range(1, n + 1)), **{f"diag_grad_{t}": g for t, g in grads.items()},
+                         "diag_grad_total": [1.0] * n, "diag_dead_l0": [0.0] * n, "diag_dead_l1": dead_last})
+
+
+def test_collapse_routes_name_the_first_term_to_reach_cross_entropy_before_the_collapse():
+    from robustlib.reporting.sweep import collapse_routes, routes_summary
+
+    curves = {
+        # stability reaches CE at epoch 3 (2.0 >= 2.0); at the collapse epoch (5) CE's gradient vanishes: not counted
+        "a": _curve({"ce": [2.0, 2.0, 2.0, 1.0, 0.0], "hamming": [0.1] * 5, "stability": [0.5, 1.0, 2.0, 3.0, 0.0]},
+                    [0.1, 0.2, 0.5, 0.9, 1.0]),
+        # hamming first at epoch 2 (both reach by epoch 3)
+        "b": _curve({"ce": [1.0, 1.0, 1.0, 0.0], "hamming": [0.5, 1.5, 2.0, 0.0], "stability": [0.1, 0.5, 3.0, 0.0]},
+                    [0.0, 0.3, 0.6, 0.8]),
+        # never: the largest ratio is 0.9 before the collapse, 50 at it
+        "c": _curve({"ce": [1.0, 1.0, 0.02], "hamming": [0.9, 0.5, 1.0], "stability": [0.1, 0.1, 0.1]},
+                    [0.0, 0.5, 1.0]),
+        "ok": _curve({"ce": [1.0, 1.0], "hamming": [0.1, 0.2], "stability": [0.3, 0.4]}, [0.0, 0.05]),
+        "no_diag": pd.DataFrame({"epoch": [1], "val_acc": [0.5]}),
+    }
+    routes = {r["cell"]: r for r in collapse_routes(curves, {"a": 5, "b": 4, "c": 3, "ok": None})}
+    assert set(routes) == {"a", "b", "c", "ok"}
+    assert (routes["a"]["reached"], routes["a"]["term"], routes["a"]["max_ratio"]) == (3, "stability", 3.0)
+    assert routes["a"]["dead"] == {0: 0.0, 1: 1.0}
+    assert (routes["b"]["reached"], routes["b"]["term"]) == (2, "hamming")
+    assert (routes["c"]["reached"], routes["c"]["term"], routes["c"]["max_ratio"]) == (None, None, 0.9)
+    assert (routes["ok"]["reached"], routes["ok"]["max_ratio"], routes["ok"]["dead"]) == (None, 0.4, {0: 0.0, 1: 0.05})
+    text = routes_summary(list(routes.values()))
+    assert "of 3 collapsed cells" in text and "the hamming term's in 1 (reached at epoch -> collapsed at: 2 -> 4)" in text
+    assert "the stability term's in 1 (reached at epoch -> collapsed at: 3 -> 5)" in text
+    assert "in 1 it never did (largest ratio 0.9)" in text and "Of 1 surviving cells, 0 reached it" in text
+    assert "ReLU layer 1 (the last) was 80-100% dead (median 100%)" in text
+    assert routes_summary([]) == "No cell recorded probe diagnostics."
+
+
 def test_report_section_from_a_summary(tmp_path):
     from robustlib.reporting.sweep import cells_table, references_table, sweep_section, sweep_sections
 
@@ -301,6 +338,12 @@ def test_report_section_from_a_summary(tmp_path):
     assert "![sweep accuracy](figures/sweep_verify_accuracy.png)" in text and "VALIDATION" in text
     assert "| sel_s2 " in text and "attack, verify" in text and "rs_loss" in text
     assert "mean +/- sd (2 seeds)" in text and "37.00 +/- 1.41" in text and "20.00 +/- 1.41" in text
+    assert "Collapse routes" not in text  # a summary written before the routes were recorded
+    summary["collapse_routes"] = [{"cell": "x", "collapsed_at": 7, "reached": 4, "term": "stability",
+                                   "max_ratio": 1.5, "dead": {0: 0.5, 2: 1.0}}]
+    routed = "\n".join(sweep_section(summary, "figures", "tables"))
+    assert "of 1 collapsed cells" in routed and "4 -> 7" in routed
+    del summary["collapse_routes"]
     path = S.summary_path(tmp_path, "verify")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(summary))

@@ -202,6 +202,66 @@ def diagnostics_figure(curves: Mapping[str, pd.DataFrame], collapsed: Mapping[st
     return fig
 
 
+def collapse_routes(curves: Mapping[str, pd.DataFrame], collapsed: Mapping[str, int | None]) -> list[dict]:
+    """How each cell went, from its per-epoch probe diagnostics (``robustlib.training.diagnostics``): the first
+    epoch at which a weighted regularizer's gradient norm on the probe batch reached cross-entropy's (``reached``,
+    by ``term``), the largest ratio of a regularizer's gradient to cross-entropy's (``max_ratio``), both over the
+    epochs before the collapse epoch (cross-entropy's own gradient vanishes once predictions are constant), and the
+    fraction of dead units per ReLU layer at the collapse epoch (the last epoch for a surviving cell). Cells
+    without diagnostics are left out."""
+    routes = []
+    for cell, df in curves.items():
+        terms = [c.removeprefix("diag_grad_") for c in df.columns
+                 if c.startswith("diag_grad_") and c not in ("diag_grad_ce", "diag_grad_total")]
+        if "diag_grad_ce" not in df or not terms or not len(df):
+            continue
+        at = collapsed.get(cell)
+        before = df[df["epoch"] < at] if at is not None else df
+        ratios = before[[f"diag_grad_{t}" for t in terms]].div(before["diag_grad_ce"], axis=0)
+        reached = ratios.max(axis=1) >= 1.0
+        first = int(before["epoch"][reached].iloc[0]) if reached.any() else None
+        term = terms[int(ratios[reached].iloc[0].to_numpy().argmax())] if reached.any() else None
+        last = df[df["epoch"] == at] if at is not None else df.tail(1)
+        layers = sorted(int(c.removeprefix("diag_dead_l")) for c in df.columns if c.startswith("diag_dead_l"))
+        routes.append({"cell": cell, "collapsed_at": at, "reached": first, "term": term,
+                       "max_ratio": round(float(ratios.max().max()), 4) if len(ratios) else None,
+                       "dead": {j: round(float(last[f"diag_dead_l{j}"].iloc[0]), 4) for j in layers} if len(last)
+                       else {}})
+    return routes
+
+
+def routes_summary(routes: Sequence[Mapping]) -> str:
+    """One paragraph on ``collapse_routes``: how many collapsed cells had a regularizer's gradient reach
+    cross-entropy's first (which term, at which epochs), how many surviving cells did, and how dead the last ReLU
+    layer was at the collapse."""
+    down = [r for r in routes if r["collapsed_at"] is not None]
+    up = [r for r in routes if r["collapsed_at"] is None]
+    if not routes:
+        return "No cell recorded probe diagnostics."
+
+    parts = []
+    for term in sorted({r["term"] for r in down if r["term"]}):
+        rs = sorted((r for r in down if r["term"] == term), key=lambda r: r["reached"])
+        parts.append(f"the {term} term's in {len(rs)} (reached at epoch -> collapsed at: "
+                     f"{', '.join(str(r['reached']) + ' -> ' + str(r['collapsed_at']) for r in rs)})")
+    without = [r for r in down if r["term"] is None]
+    text = (f"Collapse routes (probe diagnostics, epochs before the collapse): of {len(down)} collapsed cells, a "
+            f"weighted regularizer's gradient reached cross-entropy's first -- " + ("; ".join(parts) or "in none")
+            + (f"; in {len(without)} it never did (largest ratio "
+               f"{', '.join(format(r['max_ratio'], '.2g') for r in without)})" if without else "") + ". ")
+    reached_up = [r for r in up if r["term"]]
+    text += (f"Of {len(up)} surviving cells, {len(reached_up)} reached it"
+             + (f" ({', '.join(r['cell'] for r in reached_up)})" if reached_up else "")
+             + (f"; their largest ratios: {min(r['max_ratio'] for r in up):.2f} to {max(r['max_ratio'] for r in up):.2f}"
+                if up else "") + ". ")
+    if down and down[0]["dead"]:
+        top = max(down[0]["dead"])
+        dead = [100 * r["dead"][top] for r in down if top in r["dead"]]
+        text += (f"At the collapse epoch, ReLU layer {top} (the last) was {min(dead):.0f}-{max(dead):.0f}% dead "
+                 f"(median {float(np.median(dead)):.0f}%).")
+    return text
+
+
 def _fmt(v: object) -> str:
     return "-" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) else str(v))
 
@@ -260,6 +320,8 @@ def sweep_section(summary: Mapping, figures_rel: str, tables_rel: str) -> list[s
         lines += [f"Pending: the selected setting with seeds {s['seeds']} as regular runs (add them to `runs` and "
                   "to `seeded_runs`).", ""]
     lines += [f"![sweep diagnostics]({figures_rel}/{Path(s['figures']['diagnostics']).name})", ""]
+    if s.get("collapse_routes") is not None:
+        lines += [routes_summary(s["collapse_routes"]), ""]
     return lines
 
 

@@ -89,7 +89,9 @@ def per_example_outcomes(out, run: str, metric: str, eps: float) -> pd.Series | 
         f = paths.verify_results_path(out, run)
         if not f.exists():
             return None
-        at = schema.verified_at(schema.load_verify_results(f), eps)
+        table = schema.load_verify_results(f)
+        near = [e for e in table[schema.EPS].unique() if abs(e - eps) < 1e-6]  # the stage writes eps to 7 decimals
+        at = schema.verified_at(table, near[0]) if near else pd.Series(dtype=bool)
         return None if at.empty else at
     column, f = schema.REPORT_OUTCOMES.get(metric), paths.attack_results_path(out, run)
     if column is None or not f.exists():

@@ -62,7 +62,7 @@ def run(params_file: str = "params.yaml", output_root: str = ".", input_root: st
     write_table(certified_table(verify), tables / "certified")
     write_table(benchmark_table(env.root / "benchmarks" / "results"), tables / "benchmark_objectives")
     dataset = env.params["data"]["dataset"]
-    comparisons = paper_comparisons(dataset, train, t1, t2, inp)
+    comparisons = paper_comparisons(env.params, train, t1, t2, inp)
     milp = {r: schema.load_verify_results(paths.verify_results_path(inp, r)) for r in env.params["verify"]["milp_runs"]}
     save_figure(verification_figure(t2, comparisons["table2"][0], paper.TABLE2, milp, dataset),
                 figures / VERIFICATION_FIGURE)

@@ -24,7 +24,13 @@ from robustlib.pipeline import sweeps as S
 from robustlib.pipeline.io import file_digest, load_model, read_json, write_json
 from robustlib.regularizers.manifold import READINGS
 from robustlib.reporting.plots import save_figure
-from robustlib.reporting.sweep import accuracy_figure, cells_table, diagnostics_figure, references_table
+from robustlib.reporting.sweep import (
+    accuracy_figure,
+    cells_table,
+    collapse_routes,
+    diagnostics_figure,
+    references_table,
+)
 from robustlib.reporting.tables import write_table
 from robustlib.stages.common import input_dir, setup
 from robustlib.threat import ThreatModel
@@ -141,8 +147,8 @@ def report(sweep: str, params_file: str = "params.yaml", output_root: str = ".",
     acc_fig = save_figure(accuracy_figure(rows, spec["gamma_h"], spec["gamma_s"], references, selection["selected"],
                                           float(spec["eval"]["eps"])),
                           S.accuracy_figure_path(env.out, sweep))
-    diag_fig = save_figure(diagnostics_figure(curves, {r["cell"]: r["collapsed_epoch"] for r in rows}),
-                           S.diagnostics_figure_path(env.out, sweep))
+    collapsed = {r["cell"]: r["collapsed_epoch"] for r in rows}
+    diag_fig = save_figure(diagnostics_figure(curves, collapsed), S.diagnostics_figure_path(env.out, sweep))
     seeded = [_seeded(inp, r) for r in spec.get("seeded_runs") or []]
     objectives = {r["cell"]: P.cell_config(env.params, r["cell"]).objective for r in rows}
     summary = {
@@ -157,6 +163,7 @@ def report(sweep: str, params_file: str = "params.yaml", output_root: str = ".",
         "stop_on_collapse": int((spec.get("train") or {}).get("stop_on_collapse", 0)),
         "references": references, "reference_table": references_table(references).to_dict("records"),
         "seeds": list(spec.get("seeds") or []), "seeded_runs": seeded,
+        "collapse_routes": collapse_routes(curves, collapsed),
         "figures": {"accuracy": S.accuracy_figure_path(Path("."), sweep).as_posix(),
                     "diagnostics": S.diagnostics_figure_path(Path("."), sweep).as_posix()},
         "table": S.table_stem(Path("."), sweep).with_suffix(".md").as_posix(),
