@@ -92,5 +92,7 @@ def test_the_lines_name_the_setting_the_seeds_and_judge_the_cost_claim(tmp_path,
     assert "training 14.1 min (median of the seeds; 13.9, 15.2, 14.1) against RS loss's 96.7 min (6.9x" in lines[2]
     assert "1,149 against" in lines[2]  # 3 passes x ceil(49000 / 128) steps
     assert "the time part holds; the verification part: not reproduced." in lines[2]
+    assert lines[1].startswith(sel.ORDER) and sel.not_selected_lines()[0].startswith(sel.ORDER)
+    assert sel.not_selected_lines()[0].endswith(")") and " -- not testable here (" in sel.not_selected_lines()[0]
     pending = sel.selected_lines(params, at_8.drop(runs[2]), setting, train, _outcomes(verified))
     assert len(pending) == 1 and "pending" in pending[0] and runs[2] in pending[0]

@@ -58,9 +58,8 @@ def paper_comparisons(params: dict, train: list[dict], t1: pd.DataFrame, t2: pd.
         ours["table2"] = pd.concat([ours["table2"], median.to_frame(paper.SELECTED_RUN).T])
         models[paper.SELECTED_RUN] = models[seeded.runs[0]]
     out = {key: paper.compare(paper.TABLES[key], ours[key], models, dataset, outcomes) for key in paper.TABLES}
-    if seeded is not None:
-        out["table2"][1].extend(selected.selected_lines(params, ours["table2"], seeded,
-                                                        {m["run"]: m for m in train}, outcomes))
+    out["table2"][1].extend(selected.not_selected_lines() if seeded is None else selected.selected_lines(
+        params, ours["table2"], seeded, {m["run"]: m for m in train}, outcomes))
     return out
 
 
