@@ -307,7 +307,8 @@ def test_collapse_routes_name_the_first_term_to_reach_cross_entropy_before_the_c
     assert "of 3 collapsed cells" in text and "the hamming term's in 1 (reached at epoch -> collapsed at: 2 -> 4)" in text
     assert "the stability term's in 1 (reached at epoch -> collapsed at: 3 -> 5)" in text
     assert "in 1 it never did (largest ratio 0.9)" in text and "Of 1 surviving cells, 0 reached it" in text
-    assert "ReLU layer 1 (the last) was 80-100% dead (median 100%)" in text
+    assert "ReLU layer 1 (the last) was 80.0-100.0% dead (median 100.0%)" in text
+    assert "was 100.0% dead (median 100.0%)" in routes_summary([routes["a"]])
     assert routes_summary([]) == "No cell recorded probe diagnostics."
 
 

@@ -257,8 +257,9 @@ def routes_summary(routes: Sequence[Mapping]) -> str:
     if down and down[0]["dead"]:
         top = max(down[0]["dead"])
         dead = [100 * r["dead"][top] for r in down if top in r["dead"]]
-        text += (f"At the collapse epoch, ReLU layer {top} (the last) was {min(dead):.0f}-{max(dead):.0f}% dead "
-                 f"(median {float(np.median(dead)):.0f}%).")
+        span = f"{min(dead):.1f}%" if min(dead) == max(dead) else f"{min(dead):.1f}-{max(dead):.1f}%"
+        text += (f"At the collapse epoch, ReLU layer {top} (the last) was {span} dead (median "
+                 f"{float(np.median(dead)):.1f}%).")
     return text
 
 
