@@ -304,9 +304,13 @@ def test_collapse_routes_name_the_first_term_to_reach_cross_entropy_before_the_c
     assert (routes["c"]["reached"], routes["c"]["term"], routes["c"]["max_ratio"]) == (None, None, 0.9)
     assert (routes["ok"]["reached"], routes["ok"]["max_ratio"], routes["ok"]["dead"]) == (None, 0.4, {0: 0.0, 1: 0.05})
     text = routes_summary(list(routes.values()))
-    assert "of 3 collapsed cells" in text and "the hamming term's in 1 (reached at epoch -> collapsed at: 2 -> 4)" in text
-    assert "the stability term's in 1 (reached at epoch -> collapsed at: 3 -> 5)" in text
-    assert "in 1 it never did (largest ratio 0.9)" in text and "Of 1 surviving cells, 0 reached it" in text
+    assert "of 3 collapsed cells, in 1 the hamming term's weighted gradient reached cross-entropy's first (epoch " \
+           "reached -> epoch collapsed: 2 -> 4)" in text
+    assert "in 1 the stability term's weighted gradient reached cross-entropy's first (epoch reached -> epoch " \
+           "collapsed: 3 -> 5)" in text
+    assert "; in 1 no regularizer's gradient reached cross-entropy's (largest ratio 0.9)." in text
+    assert "Of 1 surviving cells, 0 had a regularizer's gradient reach cross-entropy's; their largest ratios" in text
+    assert routes_summary([routes["ok"]]).startswith("No cell collapsed. Of 1 surviving cells")
     assert "ReLU layer 1 (the last) was 80.0-100.0% dead (median 100.0%)" in text
     assert "was 100.0% dead (median 100.0%)" in routes_summary([routes["a"]])
     assert routes_summary([]) == "No cell recorded probe diagnostics."

@@ -242,15 +242,16 @@ def routes_summary(routes: Sequence[Mapping]) -> str:
     parts = []
     for term in sorted({r["term"] for r in down if r["term"]}):
         rs = sorted((r for r in down if r["term"] == term), key=lambda r: r["reached"])
-        parts.append(f"the {term} term's in {len(rs)} (reached at epoch -> collapsed at: "
-                     f"{', '.join(str(r['reached']) + ' -> ' + str(r['collapsed_at']) for r in rs)})")
+        parts.append(f"in {len(rs)} the {term} term's weighted gradient reached cross-entropy's first (epoch reached "
+                     f"-> epoch collapsed: {', '.join(str(r['reached']) + ' -> ' + str(r['collapsed_at']) for r in rs)})")
     without = [r for r in down if r["term"] is None]
-    text = (f"Collapse routes (probe diagnostics, epochs before the collapse): of {len(down)} collapsed cells, a "
-            f"weighted regularizer's gradient reached cross-entropy's first -- " + ("; ".join(parts) or "in none")
-            + (f"; in {len(without)} it never did (largest ratio "
-               f"{', '.join(format(r['max_ratio'], '.2g') for r in without)})" if without else "") + ". ")
+    if without:
+        parts.append(f"in {len(without)} no regularizer's gradient reached cross-entropy's (largest ratio "
+                     f"{', '.join(format(r['max_ratio'], '.2g') for r in without)})")
+    text = (f"Collapse routes (probe diagnostics, the epochs before each collapse): of {len(down)} collapsed cells, "
+            + "; ".join(parts) + ". ") if down else "No cell collapsed. "
     reached_up = [r for r in up if r["term"]]
-    text += (f"Of {len(up)} surviving cells, {len(reached_up)} reached it"
+    text += (f"Of {len(up)} surviving cells, {len(reached_up)} had a regularizer's gradient reach cross-entropy's"
              + (f" ({', '.join(r['cell'] for r in reached_up)})" if reached_up else "")
              + (f"; their largest ratios: {min(r['max_ratio'] for r in up):.2f} to {max(r['max_ratio'] for r in up):.2f}"
                 if up else "") + ". ")
