@@ -72,6 +72,15 @@ def test_the_order_against_rs_loss_must_hold_significantly_in_every_seed():
     verdict, tests = sel.per_seed_order(_at_8(), SEEDS, _outcomes(mixed))
     assert verdict == "not reproduced (ahead in 2 of 3 seeds, significantly in 1)"  # 2 vs 0: p = 0.25
     assert [(t.a_only, t.b_only) for _, t in tests] == [(20, 0), (2, 0), (5, 10)]
+    gaps = _at_8((5.7, 7.7, 20.0)).assign(gap_timeout=[203, 167, 0, 5], gap_unknown_other=[0, 0, 0, 0],
+                                          gap_falsified=[0, 1, 0, 16])
+    assert sel.verified_upper(gaps, "sel_s0") == pytest.approx(26.0)
+    behind = {"rs_loss": set(range(20)), **{r: set(range(10)) for r in SEEDS}}
+    verdict, _ = sel.per_seed_order(gaps, SEEDS, _outcomes(behind))
+    assert verdict == ("not reproduced (ahead in 0 of 3 seeds, significantly in 0; with every example left undecided "
+                       "at the time limit verified, the seeds would reach 26.0 / 24.4 / 20.0 against RS loss's 22.3 "
+                       "(its own at most 22.8): behind even then in 1 of 3, so the order is undecided beyond the time "
+                       "limit)")
     verdict, tests = sel.per_seed_order(_at_8(), SEEDS, lambda run, metric: None)
     assert verdict.startswith("not testable here") and tests == []
 
@@ -94,5 +103,8 @@ def test_the_lines_name_the_setting_the_seeds_and_judge_the_cost_claim(tmp_path,
     assert "the time part holds; the verification part: not reproduced." in lines[2]
     assert lines[1].startswith(sel.ORDER) and sel.not_selected_lines()[0].startswith(sel.ORDER)
     assert sel.not_selected_lines()[0].endswith(")") and " -- not testable here (" in sel.not_selected_lines()[0]
+    gapped = at_8.assign(gap_timeout=[203, 167, 0, 5], gap_unknown_other=0, gap_falsified=0)
+    assert sel.selected_lines(params, gapped, setting, train, _outcomes(verified))[2].endswith(
+        "the verification part: not reproduced within the 10-s MILP time limit, undecided beyond it.")
     pending = sel.selected_lines(params, at_8.drop(runs[2]), setting, train, _outcomes(verified))
     assert len(pending) == 1 and "pending" in pending[0] and runs[2] in pending[0]
