@@ -103,6 +103,27 @@ def test_paired_test_matches_brute_force_over_every_outcome():
     assert paper.paired_test(pd.Series([True] * 4), pd.Series([False] * 4)).p == 1 / 16
 
 
+@pytest.mark.parametrize("a_only,b_only,n", [(6, 0, 100), (4, 0, 100), (20, 0, 100), (15, 9, 40), (3, 3, 10),
+                                             (0, 5, 10), (5, 0, 5)])
+def test_flip_is_the_fewest_changed_outcomes_that_cross_the_significance_level(a_only, b_only, n):
+    """Against brute force: every way of changing k outcomes (i of them on A's side, k - i on B's), the p-value
+    summed term by term from the binomial distribution."""
+    def p(a, b):
+        return sum(math.comb(a + b, k) for k in range(a, a + b + 1)) / 2 ** (a + b)
+
+    t = paper.PairedTest(n, a_only, b_only, p(a_only, b_only))
+    sig = t.p < paper.SIGNIFICANCE
+    step = -1 if sig else 1
+    found = None
+    for k in range(1, n + 1):
+        cells = [(a_only + step * i, b_only - step * (k - i)) for i in range(k + 1)]
+        if any(a >= 0 and b >= 0 and a + b <= n and (p(a, b) < paper.SIGNIFICANCE) != sig for a, b in cells):
+            found = k
+            break
+    assert t.flip == found
+    assert paper.PairedTest(100, 6, 0, p(6, 0)).flip == 1 and paper.PairedTest(100, 4, 0, p(4, 0)).flip == 1
+
+
 def test_paired_test_aligns_the_examples_both_runs_were_measured_on():
     a = pd.Series([True, True, False], index=[7, 3, 9])
     b = pd.Series([False, True, False, True], index=[3, 7, 9, 11])  # 11: only b measured it
@@ -126,10 +147,14 @@ def test_an_order_that_is_not_significant_on_the_same_examples_is_not_reproduced
 
     _, lines = paper.compare(paper.TABLE3, ours, {}, "mnist", outcomes(4))
     assert "-- not reproduced (ahead by 4.00 points, not significant; 4 vs 0 of 100 paired examples right only " \
-           "by one run, one-sided exact McNemar p = 0.062 >= 0.05)" in line(lines)
+           "by one run, one-sided exact McNemar p = 0.062 >= 0.05; 1 more example(s) ahead would make it " \
+           "significant)" in line(lines)
     _, lines = paper.compare(paper.TABLE3, ours.assign(**{"pgd_linf_%": [6.0, 0.0]}), {}, "mnist", outcomes(6))
     assert "-- reproduced (ahead by 6.00 points; 6 vs 0 of 100 paired examples right only by one run, " \
-           "one-sided exact McNemar p = 0.016)" in line(lines)
+           "one-sided exact McNemar p = 0.016; 1 changed example outcome(s) would make it not significant: within " \
+           "the noise of a rerun)" in line(lines)  # 6 vs 1: p = 8/128
+    _, lines = paper.compare(paper.TABLE3, ours.assign(**{"pgd_linf_%": [20.0, 0.0]}), {}, "mnist", outcomes(20))
+    assert "p = 9.5e-07; 11 changed example outcomes would make it not significant); by worst" in line(lines)
     _, lines = paper.compare(paper.TABLE3, ours, {}, "mnist")
     assert "-- reproduced (ahead by 4.00 points)" in line(lines)
 
