@@ -35,7 +35,8 @@ def test_the_seeded_setting_is_the_sweep_on_a_table_2_row_that_has_seeded_runs(t
 
 def _at_8(verified=(5.0, 7.0, 20.0)):
     rows = [{"run": r, "n": n, "clean": c, "pgd": p, "autoattack": p - 1, "verified": v}
-            for r, n, c, p, v in zip(SEEDS, (1000, 1000, 999), (49.0, 50.0, 52.0), (26.0, 27.0, 25.0), verified)]
+            for r, n, c, p, v in zip(SEEDS, (1000, 1000, 999), (49.0, 50.0, 52.0), (26.0, 27.0, 25.0), verified,
+                                         strict=True)]
     rows.append({"run": "rs_loss", "n": 1000, "clean": 34.4, "pgd": 24.4, "autoattack": 22.6, "verified": 22.3})
     return pd.DataFrame(rows).set_index("run")
 
@@ -89,8 +90,8 @@ def test_the_lines_name_the_setting_the_seeds_and_judge_the_cost_claim(tmp_path,
     params = load(root / "profiles" / "cifar10-cpu.yaml")
     runs = ("hamming_stability_sweep_s0", "hamming_stability_sweep_s1", "hamming_stability_sweep_s2")
     setting = sel.SeededSetting("verify", "hamming_stability_verify", SETTING, (0, 1, 2), runs)
-    at_8 = _at_8().rename(index=dict(zip(SEEDS, runs)))
-    train = {r: {"train_minutes": m, "n_train": 49000} for r, m in zip(runs, (13.9, 15.2, 14.1))}
+    at_8 = _at_8().rename(index=dict(zip(SEEDS, runs, strict=True)))
+    train = {r: {"train_minutes": m, "n_train": 49000} for r, m in zip(runs, (13.9, 15.2, 14.1), strict=True)}
     train["rs_loss"] = {"train_minutes": 96.7, "n_train": 49000}
     verified = {"rs_loss": set(range(20)), **{r: set(range(10)) for r in runs}}
     lines = sel.selected_lines(params, at_8, setting, train, _outcomes(verified))

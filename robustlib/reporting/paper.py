@@ -310,7 +310,7 @@ def order_verdict(order: Order, better: float | None, worse: float | None,
     else:
         ratio = ""
     test = "" if paired is None else f"; {paired}"
-    flip = None if paired is None else paired.flip
+    flip = None if paired is None or margin <= 0 else paired.flip  # only an order ahead says how fragile it is
     if margin > 0 and paired is not None and paired.p >= SIGNIFICANCE:
         more = "" if flip is None else f"; {flip} more example(s) ahead would make it significant"
         return f"not reproduced (ahead by {margin:.2f}{unit}, not significant{test} >= {SIGNIFICANCE:g}{more})"

@@ -120,8 +120,9 @@ def cost_claim(params: Mapping, train: Mapping[str, Mapping], runs: Sequence[str
     faster = ratio > 1 and theirs > minutes.median()
     return (f"The paper's claim \"Hamming regularization verifies more examples than RS loss, at a fraction of the "
             f"training time\", at the selected setting: training {minutes.median():.1f} min (median of the seeds; "
-            f"{', '.join(f'{m:.1f}' for m in minutes)}) against RS loss's {theirs:.1f} min ({theirs / minutes.median():.1f}x;"
-            f" minutes on this host's {params['base'].get('threads', 2)} CPU threads, which move with its load), "
+            f"{', '.join(f'{m:.1f}' for m in minutes)}) against RS loss's {theirs:.1f} min "
+            f"({theirs / minutes.median():.1f}x; minutes on this host's {params['base'].get('threads', 2)} CPU "
+            "threads, which move with its load), "
             f"and {passes[runs[0]]:,.0f} against {passes[COMPARED_RUN]:,.0f} plain forward+backward passes per "
             f"epoch ({ratio:.1f}x; FLOPs counted per step by `robustlib.reporting.training_cost`) -- the time part "
             + ("holds" if faster else "does not hold") + f"; the verification part: {order_verdict}.")

@@ -242,8 +242,9 @@ def routes_summary(routes: Sequence[Mapping]) -> str:
     parts = []
     for term in sorted({r["term"] for r in down if r["term"]}):
         rs = sorted((r for r in down if r["term"] == term), key=lambda r: r["reached"])
+        pairs = ", ".join(f"{r['reached']} -> {r['collapsed_at']}" for r in rs)
         parts.append(f"in {len(rs)} the {term} term's weighted gradient reached cross-entropy's first (epoch reached "
-                     f"-> epoch collapsed: {', '.join(str(r['reached']) + ' -> ' + str(r['collapsed_at']) for r in rs)})")
+                     f"-> epoch collapsed: {pairs})")
     without = [r for r in down if r["term"] is None]
     if without:
         parts.append(f"in {len(without)} no regularizer's gradient reached cross-entropy's (largest ratio "
@@ -253,8 +254,8 @@ def routes_summary(routes: Sequence[Mapping]) -> str:
     reached_up = [r for r in up if r["term"]]
     text += (f"Of {len(up)} surviving cells, {len(reached_up)} had a regularizer's gradient reach cross-entropy's"
              + (f" ({', '.join(r['cell'] for r in reached_up)})" if reached_up else "")
-             + (f"; their largest ratios: {min(r['max_ratio'] for r in up):.2f} to {max(r['max_ratio'] for r in up):.2f}"
-                if up else "") + ". ")
+             + (f"; their largest ratios: {min(r['max_ratio'] for r in up):.2f} to "
+                f"{max(r['max_ratio'] for r in up):.2f}" if up else "") + ". ")
     if down and down[0]["dead"]:
         top = max(down[0]["dead"])
         dead = [100 * r["dead"][top] for r in down if top in r["dead"]]

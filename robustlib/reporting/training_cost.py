@@ -5,10 +5,11 @@ beside another job gave PGD-AT 39.7 training minutes against 3.83 committed), op
 inner attack's forward and backward passes, and the step's backward pass) with the formulas of
 ``torch.utils.flop_counter`` (convolutions and matrix products; the elementwise work they leave out is small
 beside them on these networks). Its ``FlopCounterMode`` cannot be used: its module tracker fails inside
-``torch.autograd.grad``, which every inner attack calls. ``passes_per_epoch`` divides by the FLOPs of one plain cross-entropy step on the same batch (one
-forward and one backward pass) and multiplies by the steps of an epoch: an epoch's cost in plain
-forward+backward passes over the batch, the unit of the paper's claim that its regularizers cost "about three
-parallel passes" (section 4.4) while adversarial training costs one per attack step.
+``torch.autograd.grad``, which every inner attack calls. ``passes_per_epoch`` divides by the FLOPs of one plain
+cross-entropy step on the same batch (one forward and one backward pass) and multiplies by the steps of an epoch:
+an epoch's cost in plain forward+backward passes over the batch, the unit of the paper's claim that its
+regularizers cost "about three parallel passes" (section 4.4) while adversarial training costs one per attack
+step.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _eager():
 
 def step_flops(cfg: TrainConfig, seed: int = 0) -> int:
     """FLOPs of one training step of ``cfg`` (its model, objective, batch size and training eps) on a batch of
-    random images of the model's input shape, backward pass included (convolutions and matrix products). Deterministic: the counts depend on the shapes only."""
+    random images of the model's input shape, backward pass included (convolutions and matrix products).
+    Deterministic: the counts depend on the shapes only."""
     kw = cfg.model_kwargs
     for key in ("in_channels", "image_size", "num_classes"):
         if key not in kw:
